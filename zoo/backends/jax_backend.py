@@ -1,0 +1,95 @@
+"""JAX / Flax NNX adapter. Canonical batches are NumPy: images (N, H, W, C) float32, token ids (N, T) int."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .. import convert
+from ..architectures import model_class
+from ..registry import ModelSpec
+
+NAME = "jax"
+
+
+def framework_version() -> str:
+    import flax
+
+    return f"jax {jax.__version__}; flax {flax.__version__}"
+
+
+def build(spec: ModelSpec, seed: int = 0, source: str = "registry", **overrides) -> nnx.Module:
+    cls = model_class(spec.arch, NAME, source)
+    model = cls(**{**spec.config, **overrides}, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+    model.zoo_spec = spec
+    model.eval()
+    return model
+
+
+def state_to_numpy(model: nnx.Module) -> dict[str, np.ndarray]:
+    return convert.flax_to_torch(model)
+
+
+def load_numpy_state(model: nnx.Module, tensors: dict[str, np.ndarray], source: str) -> nnx.Module:
+    return convert.torch_to_flax(tensors, model, source=source)
+
+
+def to_input(batch: np.ndarray, spec: ModelSpec) -> jax.Array:
+    if spec.preprocessing["kind"] == "image":
+        return jnp.asarray(batch, dtype=jnp.float32)
+    return jnp.asarray(batch, dtype=jnp.int32)
+
+
+@nnx.jit
+def _forward(model, x):
+    return model(x)
+
+
+def logits(model: nnx.Module, batch: np.ndarray) -> np.ndarray:
+    return np.asarray(_forward(model, to_input(batch, model.zoo_spec)))
+
+
+def _loss(model, x, y):
+    import optax
+
+    return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+
+@nnx.jit
+def _value_and_grad(model, x, y):
+    return nnx.value_and_grad(_loss)(model, x, y)
+
+
+def gradients(model: nnx.Module, batch: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+    """Cross-entropy loss and its gradient for every parameter (PyTorch names), in train mode."""
+    model.train()
+    value, grads = _value_and_grad(model, to_input(batch, model.zoo_spec), jnp.asarray(labels, jnp.int32))
+    shadow = nnx.clone(model)
+    nnx.update(shadow, grads)
+    return float(value), convert.flax_to_torch(shadow, kind=nnx.Param)
+
+
+@nnx.jit
+def _train_step(model, optimizer, x, y):
+    value, grads = nnx.value_and_grad(_loss)(model, x, y)
+    optimizer.update(model, grads)
+    return value
+
+
+class Trainer:
+    """Optimizer state plus the training step; `step` is the part a compiled variant replaces."""
+
+    def __init__(self, model: nnx.Module, cfg):
+        from ..optim import optax_optimizer
+
+        self.model, self.cfg = model, cfg
+        self.optimizer = nnx.Optimizer(model, optax_optimizer(cfg), wrt=nnx.Param)
+        self.steps_done = 0
+
+    def step(self, batch: np.ndarray, labels: np.ndarray) -> float:
+        self.model.train()
+        value = _train_step(self.model, self.optimizer, to_input(batch, self.model.zoo_spec), jnp.asarray(labels, jnp.int32))
+        self.steps_done += 1
+        return float(value)

@@ -1,0 +1,83 @@
+"""PyTorch adapter. Canonical batches are NumPy: images (N, H, W, C) float32, token ids (N, T) int."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..architectures import model_class
+from ..checkpoint import check_tensors
+from ..registry import ModelSpec
+
+NAME = "torch"
+
+
+def framework_version() -> str:
+    return f"torch {torch.__version__}"
+
+
+def build(spec: ModelSpec, seed: int = 0, source: str = "registry", **overrides) -> torch.nn.Module:
+    cls = model_class(spec.arch, NAME, source)
+    torch.manual_seed(seed)
+    model = cls(**{**spec.config, **overrides})
+    model.zoo_spec = spec
+    return model.eval()
+
+
+def state_to_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def load_numpy_state(model: torch.nn.Module, tensors: dict[str, np.ndarray], source: str) -> torch.nn.Module:
+    expected = {k: (tuple(v.shape), np.dtype(str(v.dtype).replace("torch.", ""))) for k, v in model.state_dict().items()}
+    check_tensors(expected, tensors, source)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=True)
+    return model
+
+
+def to_input(batch: np.ndarray, spec: ModelSpec) -> torch.Tensor:
+    if spec.preprocessing["kind"] == "image":
+        return torch.from_numpy(batch.transpose(0, 3, 1, 2).copy(order="C"))  # NHWC -> NCHW, plain strides even for C=1
+    return torch.from_numpy(np.asarray(batch, dtype=np.int64))
+
+
+def logits(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(to_input(batch, model.zoo_spec)).numpy()
+
+
+def loss(model: torch.nn.Module, batch: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+    out = model(to_input(batch, model.zoo_spec))
+    return torch.nn.functional.cross_entropy(out, torch.from_numpy(np.asarray(labels, np.int64)))
+
+
+def gradients(model: torch.nn.Module, batch: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+    """Cross-entropy loss and its gradient for every parameter (PyTorch names), in train mode."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    value = loss(model, batch, labels)
+    value.backward()
+    return float(value.detach()), {k: p.grad.numpy().copy() for k, p in model.named_parameters()}
+
+
+class Trainer:
+    """Optimizer state plus the training step; `step` is the part a compiled variant replaces."""
+
+    def __init__(self, model: torch.nn.Module, cfg):
+        from ..optim import torch_optimizer
+
+        self.model, self.cfg = model, cfg
+        self.optimizer = torch_optimizer(model.parameters(), cfg)
+        self.steps_done = 0
+
+    def step(self, batch: np.ndarray, labels: np.ndarray) -> float:
+        from ..optim import set_torch_learning_rate
+
+        set_torch_learning_rate(self.optimizer, self.cfg, self.steps_done)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        value = loss(self.model, batch, labels)
+        value.backward()
+        self.optimizer.step()
+        self.steps_done += 1
+        return float(value.detach())

@@ -1,0 +1,84 @@
+"""The `zoo` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_list(args) -> int:
+    from .registry import list_models, model_info
+
+    for name in list_models(args.pattern, pretrained=args.pretrained):
+        info = model_info(name)
+        tag = info.get("default_tag") or "-"
+        print(f"{name:20s} {info['task']:22s} weights: {tag}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from .registry import model_info
+
+    print(json.dumps(model_info(args.name), indent=2))
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from .flax_state import msgpack_to_safetensors, safetensors_to_msgpack
+
+    src, dst = args.src, args.dst
+    if src.endswith(".safetensors") and dst.endswith(".msgpack"):
+        safetensors_to_msgpack(src, dst)
+    elif src.endswith(".msgpack") and dst.endswith(".safetensors"):
+        msgpack_to_safetensors(src, dst)
+    else:
+        raise SystemExit("zoo convert: convert .safetensors -> .msgpack or .msgpack -> .safetensors")
+    print(f"wrote {dst}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.model, data_dir=args.data_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoo", description="PyTorch / Flax NNX twin models with one checkpoint format.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="list registered models")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.add_argument("--pretrained", action="store_true", help="only models with shipped weights")
+    p.set_defaults(func=_cmd_list)
+    p = sub.add_parser("info", help="show a model's registry entry")
+    p.add_argument("name")
+    p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("convert", help="convert a checkpoint: .safetensors <-> Flax .msgpack state")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.set_defaults(func=_cmd_convert)
+    p = sub.add_parser("demo", help="load a model in both backends, predict digits, compare the outputs")
+    p.add_argument("--model", default="cnn-mnist")
+    p.add_argument("--data-dir", default=None, help="folder with mnist/test.parquet (default: $ZOO_DATA_DIR or bundled samples)")
+    p.set_defaults(func=_cmd_demo)
+    from . import cli_train
+
+    cli_train.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .registry import UnknownModelError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UnknownModelError, CheckpointError, LookupError, FileNotFoundError, ValueError) as e:
+        print(f"zoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Flax-native state files beside the safetensors checkpoint: msgpack (`flax.serialization`, no pickle).
+
+The msgpack file holds {"zoo_metadata": <the checkpoint's string metadata>, "state": <nnx pure dict>},
+so it converts back to safetensors without outside information."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+
+
+def safetensors_to_msgpack(src: str, dst: str | os.PathLike) -> Path:
+    from flax import nnx, serialization
+
+    from . import api
+
+    ckpt = read_checkpoint(src)
+    model = api.load(src, backend="jax")
+    payload = {"zoo_metadata": ckpt.metadata, "state": nnx.to_pure_dict(nnx.state(model, (nnx.Param, nnx.BatchStat)))}  # no RNG state
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.write_bytes(serialization.msgpack_serialize(payload))
+    os.replace(tmp, dst)
+    return dst
+
+
+def msgpack_to_safetensors(src: str, dst: str | os.PathLike) -> Path:
+    from flax import nnx, serialization
+
+    from . import convert
+    from .api import spec_from_checkpoint
+    from .backends import jax_backend
+    from .checkpoint import JSON_FIELDS, Checkpoint
+
+    try:
+        payload = serialization.msgpack_restore(Path(src).read_bytes())
+        metadata = {k: str(v) for k, v in payload["zoo_metadata"].items()}
+        pure_state = payload["state"]
+    except Exception as e:  # msgpack raises several unrelated types on bad input
+        raise CheckpointError(f"{src}: not a zoo msgpack state file ({type(e).__name__}: {e})") from None
+    import json
+
+    fields = {k: json.loads(metadata[k]) for k in JSON_FIELDS}
+    ckpt = Checkpoint(src, {}, metadata["arch"], metadata.get("model", ""), fields["config"], fields["preprocessing"],
+                      fields["labels"], metadata.get("tokenizer"), metadata)
+    model = jax_backend.build(spec_from_checkpoint(ckpt), source=src)
+    state = nnx.state(model, (nnx.Param, nnx.BatchStat))
+    try:
+        nnx.replace_by_pure_dict(state, pure_state)
+    except Exception as e:
+        raise CheckpointError(f"{src}: state does not match architecture {ckpt.arch!r}: {e}") from None
+    nnx.update(model, state)
+    return write_checkpoint(dst, convert.flax_to_torch(model), metadata)

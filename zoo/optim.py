@@ -1,0 +1,89 @@
+"""One optimizer config, two frameworks: `torch.optim` and `optax` built to do the same update.
+
+Weight decay follows PyTorch's meaning per optimizer: for `sgd` and `adam` it is L2 added to the gradient
+(optax: `add_decayed_weights` before the optimizer), for `adamw` it is decoupled (`optax.adamw`).
+The learning-rate schedule is one function, evaluated with NumPy for torch and traced with jax.numpy
+for optax, so both frameworks see the same rate at every step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"  # sgd | adam | adamw
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine (both with linear warm-up)
+    warmup_steps: int = 0
+    total_steps: int = 0  # cosine decays to 0 at total_steps
+
+    def __post_init__(self):
+        if self.name not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"unknown optimizer {self.name!r}; use sgd, adam or adamw")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; use constant or cosine")
+        if self.schedule == "cosine" and self.total_steps <= 0:
+            raise ValueError("the cosine schedule needs total_steps > 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def learning_rate(cfg: OptimizerConfig, step, xp=None):
+    """Rate used for update number `step` (0-based). `xp` is numpy (default) or jax.numpy."""
+    if xp is None:
+        import numpy as xp
+    step = xp.asarray(step, dtype=xp.float32)
+    factor = xp.asarray(1.0, dtype=xp.float32)
+    if cfg.warmup_steps > 0:
+        factor = xp.minimum(factor, (step + 1) / cfg.warmup_steps)
+    if cfg.schedule == "cosine":
+        progress = xp.clip((step - cfg.warmup_steps) / max(cfg.total_steps - cfg.warmup_steps, 1), 0.0, 1.0)
+        factor = factor * 0.5 * (1.0 + xp.cos(math.pi * progress))
+    return cfg.lr * factor
+
+
+def torch_optimizer(params, cfg: OptimizerConfig):
+    import torch
+
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def set_torch_learning_rate(optimizer, cfg: OptimizerConfig, step: int) -> float:
+    lr = float(learning_rate(cfg, step))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def optax_optimizer(cfg: OptimizerConfig):
+    import jax.numpy as jnp
+    import optax
+
+    if cfg.schedule == "constant" and cfg.warmup_steps == 0:
+        lr = cfg.lr
+    else:
+        def lr(count):
+            return learning_rate(cfg, count, jnp)
+
+    if cfg.name == "adamw":
+        return optax.adamw(lr, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        tx = optax.adam(lr, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps)
+    else:
+        tx = optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+    if cfg.weight_decay:
+        tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay), tx)  # L2, as torch's weight_decay
+    return tx

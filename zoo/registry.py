@@ -1,0 +1,126 @@
+"""The registry: one JSON file (`zoo/registry.json`) is the single source of truth for model names,
+architecture configs, preprocessing, labels, weights, checksums and measured metrics.
+
+Specs are edited by hand; weights entries and metrics are written only by tools (`zoo eval --record`,
+the training recipes), never typed by hand. Nothing here imports a framework.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REGISTRY_PATH = Path(__file__).with_name("registry.json")
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+
+
+class UnknownModelError(KeyError):
+    """A model name that the registry does not know."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0])
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so Flax can keep it as static data
+class ModelSpec:
+    """What a model is: enough to build it, feed it and label its outputs."""
+
+    name: str
+    arch: str
+    config: dict[str, Any]
+    preprocessing: dict[str, Any]
+    labels: list[str]
+    task: str = ""
+    dataset: str = ""
+    tokenizer_json: str | None = None  # text models: a Hugging Face `tokenizers` JSON document
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> ModelSpec:
+        values = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        values.update(changes)
+        return ModelSpec(**values)
+
+
+def _read() -> dict[str, Any]:
+    with open(REGISTRY_PATH, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _entries() -> dict[str, dict[str, Any]]:
+    return _read()["models"]
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Registered model names matching a shell-style `pattern`; `pretrained=True` keeps those with weights."""
+    names = sorted(n for n, e in _entries().items() if fnmatch.fnmatch(n, pattern))
+    if pretrained:
+        names = [n for n in names if _entries()[n].get("default_tag")]
+    return names
+
+
+def _entry(name: str) -> dict[str, Any]:
+    entries = _entries()
+    if name not in entries:
+        close = difflib.get_close_matches(name, entries, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownModelError(f"Unknown model {name!r}.{hint} Known models: {', '.join(sorted(entries))}.")
+    return entries[name]
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """A copy of the registry entry for `name` (config, preprocessing, labels, weights, metrics)."""
+    return {"name": name, **copy.deepcopy(_entry(name))}
+
+
+def get_spec(name: str) -> ModelSpec:
+    e = _entry(name)
+    return ModelSpec(
+        name=name,
+        arch=e["arch"],
+        config=copy.deepcopy(e["config"]),
+        preprocessing=copy.deepcopy(e["preprocessing"]),
+        labels=list(e.get("labels", [])),
+        task=e.get("task", ""),
+        dataset=e.get("dataset", ""),
+    )
+
+
+def split_tag(name: str) -> tuple[str, str | None]:
+    """`cnn-mnist.v1` -> (`cnn-mnist`, `v1`), the timm `arch.tag` convention."""
+    base, dot, tag = name.partition(".")
+    return base, (tag if dot else None)
+
+
+def weights_entry(name: str, tag: str | None = None) -> dict[str, Any]:
+    """The weights entry for `name` at `tag` (default tag when None); a clear error when none shipped."""
+    e = _entry(name)
+    tag = tag or e.get("default_tag")
+    if not tag or tag not in e.get("weights", {}):
+        available = ", ".join(sorted(e.get("weights", {}))) or "none yet"
+        what = f"tag {tag!r}" if tag else "default weights"
+        raise LookupError(
+            f"Model {name!r} has no pretrained {what} (available tags: {available}). "
+            f"Use pretrained=False for a randomly initialised model, or train one with `zoo train {name}`."
+        )
+    return {"tag": tag, **copy.deepcopy(e["weights"][tag])}
+
+
+def update_entry(name: str, mutate) -> None:
+    """Apply `mutate(entry)` to one registry entry and rewrite the file atomically (tools only)."""
+    data = _read()
+    if name not in data["models"]:
+        _entry(name)  # raises with suggestions
+    mutate(data["models"][name])
+    tmp = REGISTRY_PATH.with_suffix(".json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, REGISTRY_PATH)
