@@ -85,3 +85,30 @@ def test_save_needs_a_spec():
 
     with pytest.raises(ValueError, match="zoo_spec"):
         zoo.save(nn.Linear(2, 2), "/tmp/never-written.safetensors")
+
+
+def test_text_pipeline_strings_to_labels_same_ids_and_logits_in_both_backends(tmp_path):
+    from zoo.backends import get_backend
+
+    path = tmp_path / "lstm.safetensors"
+    zoo.save(zoo.load("lstm-imdb", backend="torch", pretrained=False, seed=2), path)
+    torch_pipe, jax_pipe = zoo.pipeline(str(path), backend="torch"), zoo.pipeline(str(path), backend="jax")
+    assert torch_pipe.spec.tokenizer_json, "the tokenizer travels inside the checkpoint"
+    reviews = ["A wonderful film.<br /><br />I loved every minute!", "", "terrible " * 400, "Meh."]
+    ids = torch_pipe.preprocess(reviews)
+    assert (ids == jax_pipe.preprocess(reviews)).all()
+    lengths = (ids != 0).sum(1)
+    assert lengths.tolist()[1] == 1 and lengths.max() == 256 and ids.shape == (4, 256)  # empty -> [UNK]; head+tail cut
+    a, b = torch_pipe(reviews), jax_pipe(reviews)
+    assert a.labels == b.labels and set(a.labels) <= {"neg", "pos"}
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(get_backend("jax").logits(jax_pipe.model, ids), a.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_head_tail_truncation_keeps_the_end():
+    from zoo.text import truncate
+
+    ids = list(range(300))
+    kept = truncate(ids, 256, "head_tail", 64)
+    assert kept[:64] == ids[:64] and kept[64:] == ids[-192:] and len(kept) == 256
+    assert truncate(ids, 256, "head", 64) == ids[:256]

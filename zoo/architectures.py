@@ -9,6 +9,9 @@ ARCHITECTURES: dict[str, dict[str, str]] = {
     "mlp": {"torch": "zoo.torch_models.mlp:MLP", "jax": "zoo.flax_models.mlp:MLP"},
     "cnn": {"torch": "zoo.torch_models.cnn:CNN", "jax": "zoo.flax_models.cnn:CNN"},
     "resnet": {"torch": "zoo.torch_models.resnet:ResNet", "jax": "zoo.flax_models.resnet:ResNet"},
+    "rnn": {"torch": "zoo.torch_models.rnn:RNNClassifier", "jax": "zoo.flax_models.rnn:RNNClassifier"},
+    "transformer": {"torch": "zoo.torch_models.transformer:TransformerClassifier",
+                    "jax": "zoo.flax_models.transformer:TransformerClassifier"},
 }
 
 

@@ -35,3 +35,15 @@ def image_batch(inputs: Any, preprocessing: dict[str, Any]) -> np.ndarray:
     mean = np.asarray(preprocessing["mean"], np.float32)
     std = np.asarray(preprocessing["std"], np.float32)
     return ((x.astype(np.float32) / np.float32(255.0) - mean) / std).astype(np.float32)
+
+
+def text_batch(inputs: Any, spec) -> np.ndarray:
+    """A string or a list of strings -> right-padded token ids (N, T), T <= max_len."""
+    from .text import encode, pad
+
+    if spec.tokenizer_json is None:
+        raise ValueError(f"{spec.name}: no tokenizer attached; load pretrained weights or a checkpoint that carries one")
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    if not all(isinstance(t, str) for t in texts):
+        raise TypeError("text models take a string or a list of strings")
+    return pad(encode(texts, spec.tokenizer_json, spec.preprocessing), spec.preprocessing["pad_id"])

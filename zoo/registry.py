@@ -27,7 +27,7 @@ class UnknownModelError(KeyError):
         return str(self.args[0])
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so Flax can keep it as static data
+@dataclass(frozen=True, eq=False)
 class ModelSpec:
     """What a model is: enough to build it, feed it and label its outputs."""
 
@@ -40,6 +40,23 @@ class ModelSpec:
     dataset: str = ""
     tokenizer_json: str | None = None  # text models: a Hugging Face `tokenizers` JSON document
     extra: dict[str, Any] = field(default_factory=dict)
+
+    # Flax keeps the spec as static data in the graph definition, so jit caches key on it: compare and
+    # hash by value (two loads of one model share compiled code).
+    def _key(self) -> str:
+        key = self.__dict__.get("_cached_key")
+        if key is None:
+            import json
+
+            key = json.dumps({k: getattr(self, k) for k in self.__dataclass_fields__}, sort_keys=True, default=str)
+            object.__setattr__(self, "_cached_key", key)  # specs are treated as immutable
+        return key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelSpec) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def replace(self, **changes: Any) -> ModelSpec:
         values = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -78,6 +95,12 @@ def model_info(name: str) -> dict[str, Any]:
     return {"name": name, **copy.deepcopy(_entry(name))}
 
 
+def _bundled_tokenizer(entry: dict[str, Any]) -> str | None:
+    if not entry.get("tokenizer"):
+        return None
+    return (WEIGHTS_DIR / entry["tokenizer"]).read_text(encoding="utf-8")
+
+
 def get_spec(name: str) -> ModelSpec:
     e = _entry(name)
     return ModelSpec(
@@ -88,6 +111,7 @@ def get_spec(name: str) -> ModelSpec:
         labels=list(e.get("labels", [])),
         task=e.get("task", ""),
         dataset=e.get("dataset", ""),
+        tokenizer_json=_bundled_tokenizer(e),
     )
 
 

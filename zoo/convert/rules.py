@@ -142,9 +142,7 @@ def _register_builtin_rules() -> None:
         Renames(weight="scale", bias="bias", running_mean="mean", running_var="var", num_batches_tracked=("num_batches_tracked", COUNTER)),
     )
     register_rule(nnx.MultiHeadAttention, PackedAttention())
-    for name in ("LSTM", "GRU"):
-        if hasattr(layers, name):
-            register_rule(getattr(layers, name), SameNames())
+    register_rule(layers.RNN, SameNames())  # LSTM and GRU, parameters already in PyTorch's names
 
 
 _register_builtin_rules()

@@ -38,3 +38,102 @@ class BatchNorm(nnx.Module):
             self.var[...] = (1 - m) * self.var[...] + m * unbiased
             self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
         return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+
+
+def reverse_padded(x: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Reverse each sequence's first `length` steps in place, leaving the padding where it is.
+    (B, T, ...) -> (B, T, ...); applying it twice gives `x` back."""
+    t = jnp.arange(x.shape[1])[None, :]
+    index = jnp.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)
+    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+class RNN(nnx.Module):
+    """Multi-layer, optionally bidirectional LSTM or GRU with `torch.nn.LSTM` / `torch.nn.GRU`'s
+    parameters one for one (`weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`, `..._reverse`;
+    gate order i, f, g, o for LSTM and r, z, n for GRU, with GRU's separate `b_hn`), so checkpoints
+    convert without loss. `nnx.OptimizedLSTMCell` (one bias) and `nnx.GRUCell` (no `b_hn`) cannot.
+
+    Batch-first. Sequences are right-padded and `lengths` gives each one's real length: outputs past it
+    are zero and the final state is the state at the last real step, as PyTorch's packed sequences give;
+    the backward direction starts at each sequence's last real token.
+    """
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 dropout: float = 0.0, *, rngs: nnx.Rngs):
+        if mode not in ("lstm", "gru"):
+            raise ValueError(f"RNN mode must be 'lstm' or 'gru', got {mode!r}")
+        self.mode, self.hidden_size, self.num_layers = mode, hidden_size, num_layers
+        self.directions = ("", "_reverse") if bidirectional else ("",)
+        gates = (4 if mode == "lstm" else 3) * hidden_size
+        bound = 1.0 / hidden_size**0.5  # PyTorch's initialisation: U(-1/sqrt(H), 1/sqrt(H)) for every tensor
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * len(self.directions)
+            for suffix in self.directions:
+                for name, shape in (("weight_ih", (gates, layer_input)), ("weight_hh", (gates, hidden_size)),
+                                    ("bias_ih", (gates,)), ("bias_hh", (gates,))):
+                    value = jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
+                    setattr(self, f"{name}_l{layer}{suffix}", nnx.Param(value))
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def _cell(self, weight_hh, bias_hh):
+        h_size = self.hidden_size
+
+        def lstm(carry, x_proj):
+            h, c = carry
+            gates = x_proj + h @ weight_hh.T + bias_hh
+            i, f, g, o = (gates[:, k * h_size:(k + 1) * h_size] for k in range(4))
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), h
+
+        def gru(carry, x_proj):
+            (h,) = carry
+            h_proj = h @ weight_hh.T + bias_hh
+            xr, xz, xn = (x_proj[:, k * h_size:(k + 1) * h_size] for k in range(3))
+            hr, hz, hn = (h_proj[:, k * h_size:(k + 1) * h_size] for k in range(3))
+            r = jax.nn.sigmoid(xr + hr)
+            z = jax.nn.sigmoid(xz + hz)
+            n = jnp.tanh(xn + r * hn)
+            h = (1.0 - z) * n + z * h
+            return (h,), h
+
+        return lstm if self.mode == "lstm" else gru
+
+    def _direction(self, x, lengths, mask, layer: int, suffix: str):
+        p = {name: getattr(self, f"{name}_l{layer}{suffix}")[...] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+        if suffix:
+            x = reverse_padded(x, lengths)
+        x_proj = x @ p["weight_ih"].T + p["bias_ih"]  # all time steps in one matmul, outside the scan
+        cell = self._cell(p["weight_hh"], p["bias_hh"])
+        zeros = jnp.zeros((x.shape[0], self.hidden_size), x.dtype)
+        init = (zeros, zeros) if self.mode == "lstm" else (zeros,)
+
+        def step(carry, inputs):
+            x_t, m_t = inputs
+            new_carry, h = cell(carry, x_t)
+            keep = m_t[:, None]
+            carry = tuple(jnp.where(keep, n, o) for n, o in zip(new_carry, carry, strict=True))  # frozen after the end
+            return carry, jnp.where(keep, h, 0.0)
+
+        carry, out = jax.lax.scan(step, init, (x_proj.swapaxes(0, 1), mask.T))
+        out = out.swapaxes(0, 1)
+        if suffix:
+            out = reverse_padded(out, lengths)
+        return out, carry[0]
+
+    def __call__(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x: (B, T, input_size); lengths: (B,) >= 1. Returns outputs (B, T, D*H) and the final hidden
+        states (num_layers * D, B, H) in PyTorch's `h_n` order."""
+        mask = jnp.arange(x.shape[1])[None, :] < lengths[:, None]
+        finals = []
+        for layer in range(self.num_layers):
+            if layer > 0:
+                x = self.dropout(x)  # between layers only, as torch.nn.LSTM(dropout=...)
+            outs = []
+            for suffix in self.directions:
+                out, h = self._direction(x, lengths, mask, layer, suffix)
+                outs.append(out)
+                finals.append(h)
+            x = jnp.concatenate(outs, axis=-1)
+        return x, jnp.stack(finals)

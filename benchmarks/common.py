@@ -1,0 +1,39 @@
+"""Shared benchmark plumbing: median timing and JSON + Markdown output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine() -> dict:
+    import os
+
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
+
+
+def write_results(name: str, rows: list[dict], columns: list[str], out_dir: str | Path = "benchmarks/results") -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "machine": machine(), "rows": rows}
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    table = "\n".join(lines)
+    (out / f"{name}.md").write_text(f"# {name}\n\n{payload['machine']}\n\n{table}\n")
+    print(table)
+    return out / f"{name}.json"
