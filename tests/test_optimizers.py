@@ -60,4 +60,4 @@ def test_bad_optimizer_names_are_refused():
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
         OptimizerConfig(name="rmsprop")
     with pytest.raises(ValueError, match="total_steps"):
-        OptimizerConfig(schedule="cosine")
+        learning_rate(OptimizerConfig(schedule="cosine"), 0)

@@ -31,8 +31,6 @@ class OptimizerConfig:
             raise ValueError(f"unknown optimizer {self.name!r}; use sgd, adam or adamw")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"unknown schedule {self.schedule!r}; use constant or cosine")
-        if self.schedule == "cosine" and self.total_steps <= 0:
-            raise ValueError("the cosine schedule needs total_steps > 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,6 +38,8 @@ class OptimizerConfig:
 
 def learning_rate(cfg: OptimizerConfig, step, xp=None):
     """Rate used for update number `step` (0-based). `xp` is numpy (default) or jax.numpy."""
+    if cfg.schedule == "cosine" and cfg.total_steps <= 0:
+        raise ValueError("the cosine schedule needs total_steps > 0 (the trainer sets it from epochs x steps)")
     if xp is None:
         import numpy as xp
     step = xp.asarray(step, dtype=xp.float32)

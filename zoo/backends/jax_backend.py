@@ -93,3 +93,48 @@ class Trainer:
         value = _train_step(self.model, self.optimizer, to_input(batch, self.model.zoo_spec), jnp.asarray(labels, jnp.int32))
         self.steps_done += 1
         return float(value)
+
+
+def _flat(obj, filt) -> dict[str, np.ndarray]:
+    from flax.traverse_util import flatten_dict
+
+    flat = flatten_dict(nnx.to_pure_dict(nnx.state(obj, filt)))
+    out = {}
+    for path, value in flat.items():
+        if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+            value = jax.random.key_data(value)  # typed PRNG keys are stored as their raw uint32 data
+        out["/".join(map(str, path))] = np.asarray(value)
+    return out
+
+
+def _restore_flat(obj, filt, tensors: dict[str, np.ndarray], prefix: str, source: str) -> None:
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    state = nnx.state(obj, filt)
+    template = flatten_dict(nnx.to_pure_dict(state))
+    values = {}
+    for path, old in template.items():
+        key = prefix + "/".join(map(str, path))
+        if key not in tensors:
+            raise ValueError(f"{source}: training state lacks {key!r}")
+        new = jnp.asarray(tensors[key])
+        if jax.dtypes.issubdtype(old.dtype, jax.dtypes.prng_key):
+            new = jax.random.wrap_key_data(new)
+        values[path] = new
+    nnx.replace_by_pure_dict(state, unflatten_dict(values))
+    nnx.update(obj, state)
+
+
+def trainer_state(trainer: Trainer) -> tuple[dict[str, np.ndarray], dict]:
+    """Everything needed to resume: weights, optimizer state, RNG streams (arrays), plus JSON metadata."""
+    tensors = {f"model.{k}": v for k, v in state_to_numpy(trainer.model).items()}
+    tensors.update({f"optim/{k}": v for k, v in _flat(trainer.optimizer, nnx.Everything()).items()})
+    tensors.update({f"rng/{k}": v for k, v in _flat(trainer.model, nnx.RngState).items()})
+    return tensors, {"steps_done": trainer.steps_done}
+
+
+def restore_trainer_state(trainer: Trainer, tensors: dict[str, np.ndarray], meta: dict, source: str) -> None:
+    load_numpy_state(trainer.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source)
+    _restore_flat(trainer.optimizer, nnx.Everything(), tensors, "optim/", source)
+    _restore_flat(trainer.model, nnx.RngState, tensors, "rng/", source)
+    trainer.steps_done = meta["steps_done"]

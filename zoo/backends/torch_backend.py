@@ -67,6 +67,9 @@ class Trainer:
         from ..optim import torch_optimizer
 
         self.model, self.cfg = model, cfg
+        if next(model.parameters()).device.type == "cpu":
+            # Denormal numbers make the LSTM backward ~10x slower on CPU (5.97 s -> 0.62 s per 64x256 step).
+            torch.set_flush_denormal(True)
         self.optimizer = torch_optimizer(model.parameters(), cfg)
         self.steps_done = 0
 
@@ -81,3 +84,26 @@ class Trainer:
         self.optimizer.step()
         self.steps_done += 1
         return float(value.detach())
+
+
+def trainer_state(trainer: Trainer) -> tuple[dict[str, np.ndarray], dict]:
+    """Everything needed to resume: weights, optimizer state, RNG state (arrays), plus JSON metadata."""
+    tensors = {f"model.{k}": v for k, v in state_to_numpy(trainer.model).items()}
+    opt = trainer.optimizer.state_dict()
+    for index, slots in opt["state"].items():
+        for key, value in slots.items():
+            tensors[f"optim.{index}.{key}"] = value.detach().cpu().numpy().copy()
+    tensors["rng.torch"] = torch.get_rng_state().numpy().copy()
+    return tensors, {"param_groups": opt["param_groups"], "steps_done": trainer.steps_done}
+
+
+def restore_trainer_state(trainer: Trainer, tensors: dict[str, np.ndarray], meta: dict, source: str) -> None:
+    load_numpy_state(trainer.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, slot = key.split(".", 2)
+            state.setdefault(int(index), {})[slot] = torch.from_numpy(np.array(value))
+    trainer.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(torch.from_numpy(np.array(tensors["rng.torch"])))
+    trainer.steps_done = meta["steps_done"]

@@ -1,0 +1,142 @@
+"""One input pipeline for both backends: the same seed gives the same order, the same batches and the
+same augmentation in PyTorch and JAX, because all of it is NumPy. Every rank of a data-parallel run can
+take its slice of the same global batch (`rank`, `world_size`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..registry import ModelSpec
+from . import load_split
+
+PAD_MULTIPLE = 32  # text batches are padded to a multiple of this: few shapes, few JAX compilations
+
+
+@dataclass
+class ArraySet:
+    """Inputs ready for batching: uint8 images (N, H, W, C), or token-id sequences (object array of int32 arrays)."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray) -> ArraySet:
+        return ArraySet(self.inputs[index], self.labels[index])
+
+
+def _as_arrays(spec: ModelSpec, split) -> ArraySet:
+    if spec.preprocessing["kind"] == "image":
+        return ArraySet(split.inputs, split.labels)
+    from ..text import encode
+
+    ids = encode(split.inputs, spec.tokenizer_json, spec.preprocessing)
+    seqs = np.empty(len(ids), dtype=object)
+    seqs[:] = [np.asarray(s, np.int32) for s in ids]
+    return ArraySet(seqs, split.labels)
+
+
+def load_datasets(spec: ModelSpec, data_dir=None, val_fraction: float = 0.1, seed: int = 0) -> dict[str, ArraySet]:
+    """train / val (held out of train with a seeded permutation) / test, ready for batching."""
+    train = _as_arrays(spec, load_split(spec.dataset, "train", data_dir))
+    test = _as_arrays(spec, load_split(spec.dataset, "test", data_dir))
+    order = np.random.default_rng([seed, 12345]).permutation(len(train))
+    n_val = int(round(val_fraction * len(train)))
+    return {"train": train.subset(np.sort(order[n_val:])), "val": train.subset(np.sort(order[:n_val])), "test": test}
+
+
+def normalise(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    p = spec.preprocessing
+    x = images.astype(np.float32) / np.float32(255.0)
+    return ((x - np.asarray(p["mean"], np.float32)) / np.asarray(p["std"], np.float32)).astype(np.float32)
+
+
+def augment_params(n: int, rng: np.random.Generator, max_shift: float = 2.0, max_rotate_deg: float = 10.0,
+                   scale_range: tuple[float, float] = (0.9, 1.1)) -> np.ndarray:
+    """Per-image (angle, scale, shift_y, shift_x), drawn for a whole global batch so every rank's slice
+    gets exactly what a single process would."""
+    return np.stack([np.deg2rad(rng.uniform(-max_rotate_deg, max_rotate_deg, n)), rng.uniform(*scale_range, n),
+                     rng.uniform(-max_shift, max_shift, n), rng.uniform(-max_shift, max_shift, n)], axis=1)
+
+
+def augment_images(images: np.ndarray, rng_or_params: np.random.Generator | np.ndarray) -> np.ndarray:
+    """Random affine (rotation, scale, translation) per image with bilinear sampling, vectorised; uint8 in/out."""
+    n, h, w, c = images.shape
+    params = augment_params(n, rng_or_params) if isinstance(rng_or_params, np.random.Generator) else rng_or_params
+    angle, scale, shift = params[:, 0], params[:, 1], params[:, 2:]
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.float32) - cy, np.arange(w, dtype=np.float32) - cx, indexing="ij")
+    cos, sin = (np.cos(angle) / scale)[:, None, None], (np.sin(angle) / scale)[:, None, None]
+    # inverse map: output pixel -> source coordinate
+    src_y = cos * (yy - shift[:, 0, None, None]) - sin * (xx - shift[:, 1, None, None]) + cy
+    src_x = sin * (yy - shift[:, 0, None, None]) + cos * (xx - shift[:, 1, None, None]) + cx
+    y0, x0 = np.floor(src_y).astype(np.int64), np.floor(src_x).astype(np.int64)
+    fy, fx = (src_y - y0)[..., None], (src_x - x0)[..., None]
+    padded = np.zeros((n, h + 2, w + 2, c), np.float32)
+    padded[:, 1:-1, 1:-1] = images
+    batch = np.arange(n)[:, None, None]
+
+    def tap(y, x):
+        return padded[batch, np.clip(y + 1, 0, h + 1), np.clip(x + 1, 0, w + 1)]
+
+    out = (tap(y0, x0) * (1 - fy) * (1 - fx) + tap(y0, x0 + 1) * (1 - fy) * fx
+           + tap(y0 + 1, x0) * fy * (1 - fx) + tap(y0 + 1, x0 + 1) * fy * fx)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def pad_tokens(seqs: np.ndarray, pad_id: int, multiple: int = PAD_MULTIPLE, max_len: int | None = None) -> np.ndarray:
+    longest = max(len(s) for s in seqs)
+    width = -(-longest // multiple) * multiple
+    if max_len is not None:
+        width = min(width, max_len)
+    out = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return out
+
+
+def epoch_order(n: int, seed: int, epoch: int, batch_size: int, lengths: np.ndarray | None = None) -> np.ndarray:
+    """A seeded permutation; with `lengths`, examples are sorted by length inside windows of 50 batches
+    and the batches shuffled again, so batches hold similar lengths (less padding) yet stay random."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    if lengths is None:
+        return order
+    window = 50 * batch_size
+    chunks = [c[np.argsort(lengths[c], kind="stable")] for c in np.array_split(order, max(1, -(-n // window)))]
+    order = np.concatenate(chunks)
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
+
+
+def batches(data: ArraySet, spec: ModelSpec, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True,
+            augment: bool = False, start_step: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Canonical (inputs, labels) batches of one epoch, from step `start_step` on (for resuming).
+    With `world_size` > 1, each rank gets its contiguous slice of every global batch."""
+    is_text = spec.preprocessing["kind"] == "text"
+    lengths = np.fromiter((len(s) for s in data.inputs), np.int64, len(data)) if is_text else None
+    order = epoch_order(len(data), seed, epoch, batch_size, lengths) if shuffle else np.arange(len(data))
+    for step, begin in enumerate(range(0, len(data), batch_size)):
+        if step < start_step:
+            continue
+        global_index = order[begin : begin + batch_size]
+        mine = np.array_split(np.arange(len(global_index)), world_size)[rank]
+        index = global_index[mine]
+        labels = data.labels[index]
+        if is_text:
+            p = spec.preprocessing
+            yield pad_tokens(data.inputs[index], p["pad_id"], max_len=p["max_len"]), labels
+        else:
+            images = data.inputs[index]
+            if augment:
+                params = augment_params(len(global_index), np.random.default_rng([seed, epoch, step]))
+                images = augment_images(images, params[mine])
+            yield normalise(images, spec), labels
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
