@@ -126,3 +126,47 @@ def test_save_is_atomic_and_leaves_no_temp_files(good, tmp_path):
     meta = read_checkpoint(target).metadata
     assert meta["zoo_version"] == zoo.__version__ and meta["written_by"].startswith("jax ")
     assert json.loads(meta["config"]) == {"in_channels": 1, "num_classes": 10}
+
+
+def _rewrite_header(good, tmp_path, mutate):
+    data = good.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    mutate(header)
+    raw = json.dumps(header).encode()
+    path = tmp_path / "lying.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    return str(path)
+
+
+def test_header_that_lies_about_offsets(good, tmp_path):
+    def lie(header):
+        header["fc2.bias"]["data_offsets"] = [0, 10**9]
+
+    expect_error(_rewrite_header(good, tmp_path, lie), "torch", "fc2.bias", "claims bytes 0..1000000000")
+
+
+def test_header_whose_shape_disagrees_with_its_offsets(good, tmp_path):
+    def lie(header):
+        header["fc2.bias"]["shape"] = [11]
+
+    expect_error(_rewrite_header(good, tmp_path, lie), "jax", "not a valid safetensors file")
+
+
+def test_oversized_header_length(tmp_path):
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    expect_error(str(path), "torch", "exceeds the 100000000-byte limit")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_checkpoint_of_another_architecture(good, tmp_path, backend):
+    """An MLP's tensors under a file that claims to be a CNN."""
+    mlp = tmp_path / "mlp.safetensors"
+    zoo.save(zoo.load("mlp-mnist", backend="torch", pretrained=False), mlp)
+    from safetensors import safe_open
+
+    with safe_open(str(good), framework="numpy") as f:
+        cnn_meta = dict(f.metadata())
+    path = rewrite(mlp, tmp_path, mutate_meta=lambda m: m.update({k: cnn_meta[k] for k in ("arch", "config", "model")}))
+    expect_error(path, backend, "missing keys: conv1.bias", "unexpected keys: layer1.bias")

@@ -15,6 +15,10 @@ from .checkpoint import Checkpoint, CheckpointError, make_metadata, read_checkpo
 from .registry import ModelSpec
 
 
+def _is_hub(name: str) -> bool:
+    return name.startswith(("hf-hub:", "hf_hub:"))
+
+
 def _is_path(name: str) -> bool:
     return name.startswith("file://") or name.endswith(".safetensors") or os.sep in name or os.path.exists(name)
 
@@ -31,10 +35,16 @@ def spec_from_checkpoint(ckpt: Checkpoint) -> ModelSpec:
 
 
 def resolve_weights_file(name: str, tag: str | None = None) -> str:
-    """Local path of a registry model's weights file, verified against the registry's sha256."""
+    """Local path of a registry model's weights, verified against the registry's sha256: the file bundled
+    with the package, else the entry's Hub copy (`hf_hub_id`: ORG/REPO[@REVISION])."""
     entry = registry.weights_entry(name, tag)
     path = registry.WEIGHTS_DIR / entry["file"]
     if not path.is_file():
+        if entry.get("hf_hub_id"):
+            from . import hub
+
+            repo_id, revision = hub.parse_hub_name(entry["hf_hub_id"])
+            return hub.download(repo_id, revision, entry.get("hf_hub_filename", hub.CHECKPOINT_FILE), sha256=entry.get("sha256"))
         raise FileNotFoundError(f"{path}: weights file of {name}.{entry['tag']} is missing from the installation")
     digest = sha256_file(path)
     if entry.get("sha256") and digest != entry["sha256"]:
@@ -43,7 +53,12 @@ def resolve_weights_file(name: str, tag: str | None = None) -> str:
 
 
 def load_checkpoint_for(name_or_path: str, pretrained: bool = True) -> tuple[ModelSpec, Checkpoint | None]:
-    """The spec and (when weights are wanted) the verified checkpoint behind a name or a path."""
+    """The spec and (when weights are wanted) the verified checkpoint behind a name, a Hub id or a path."""
+    if _is_hub(name_or_path):
+        from . import hub
+
+        ckpt = read_checkpoint(hub.download(*hub.parse_hub_name(name_or_path)))
+        return spec_from_checkpoint(ckpt), ckpt
     if _is_path(name_or_path):
         path = name_or_path.removeprefix("file://")
         ckpt = read_checkpoint(path)
@@ -61,7 +76,8 @@ def load_checkpoint_for(name_or_path: str, pretrained: bool = True) -> tuple[Mod
 def load(name_or_path: str, backend: str = "torch", pretrained: bool = True, seed: int = 0, **overrides: Any):
     """A ready model: `torch.nn.Module` (backend="torch") or `flax.nnx.Module` (backend="jax"), in eval
     mode, with `.zoo_spec` (preprocessing, labels, tokenizer). `name_or_path` is a registry name
-    (`cnn-mnist`, `cnn-mnist.TAG`), a `.safetensors` path or a `file://` URL. `pretrained=False` gives the
+    (`cnn-mnist`, `cnn-mnist.TAG`), a Hub repo (`hf-hub:ORG/REPO[@REVISION]`), a `.safetensors` path or a
+    `file://` URL. `pretrained=False` gives the
     framework's own random initialisation (seeded by `seed`). `overrides` change config values (e.g.
     `dropout=0.0`) where the weights allow it."""
     b = get_backend(backend)

@@ -38,6 +38,14 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_push(args) -> int:
+    from .hub import push
+
+    result = push(args.model_or_file, args.repo, dry_run=args.dry_run, folder=args.out, revision=args.revision, private=args.private)
+    print(json.dumps(result))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -58,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.set_defaults(func=_cmd_convert)
+    p = sub.add_parser("push", help="publish a checkpoint to the Hugging Face Hub (model card, config, safetensors)")
+    p.add_argument("model_or_file", help="a registry name (its default weights) or a .safetensors file")
+    p.add_argument("--repo", required=True, help="ORG/REPO on the Hub")
+    p.add_argument("--dry-run", action="store_true", help="write the folder only")
+    p.add_argument("--out", help="folder to prepare (default: a temporary folder)")
+    p.add_argument("--revision", help="branch to commit to (default main)")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=_cmd_push)
     p = sub.add_parser("demo", help="load a model in both backends, predict digits, compare the outputs")
     p.add_argument("--model", default="cnn-mnist")
     p.add_argument("--data-dir", default=None, help="folder with mnist/test.parquet (default: $ZOO_DATA_DIR or bundled samples)")
