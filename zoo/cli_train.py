@@ -40,7 +40,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from . import api
-    from .data.pipeline import load_datasets
+    from .data.pipeline import load_eval_split
     from .registry import update_entry
     from .train import evaluate
 
@@ -49,7 +49,7 @@ def _cmd_eval(args) -> int:
     spec = model.zoo_spec
     if args.weights:
         spec = spec.replace(name=args.model, dataset=api.registry.get_spec(args.model).dataset)
-    test = load_datasets(spec, args.data_dir)["test"]
+    test = load_eval_split(spec, "test", args.data_dir)
     result = evaluate(model, args.backend, test, spec, progress=True)
     print(json.dumps({"model": args.model, "backend": args.backend, "weights": source, "test_accuracy": result["accuracy"],
                       "test_loss": result["loss"], "n": result["n"]}))

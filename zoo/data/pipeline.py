@@ -40,6 +40,11 @@ def _as_arrays(spec: ModelSpec, split) -> ArraySet:
     return ArraySet(seqs, split.labels)
 
 
+def load_eval_split(spec: ModelSpec, split: str = "test", data_dir=None) -> ArraySet:
+    """One split of the model's dataset, ready for batching (no train split needed)."""
+    return _as_arrays(spec, load_split(spec.dataset, split, data_dir))
+
+
 def load_datasets(spec: ModelSpec, data_dir=None, val_fraction: float = 0.1, seed: int = 0) -> dict[str, ArraySet]:
     """train / val (held out of train with a seeded permutation) / test, ready for batching."""
     train = _as_arrays(spec, load_split(spec.dataset, "train", data_dir))
