@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_readme_model_table_is_generated_from_the_registry():
     readme = (ROOT / "README.md").read_text()
-    assert model_table() in readme, "README model table is stale: run `python -m zoo.docs` and paste it"
+    assert model_table() in readme, "README model table is stale: run `python -m zoo.docs --write`"
 
 
 def test_ci_runs_the_readme_test_command():

@@ -1,4 +1,5 @@
-"""Documentation generated from the registry: `python -m zoo.docs` prints the README's model table."""
+"""Documentation generated from the registry: `python -m zoo.docs` prints the README's model table,
+`python -m zoo.docs --write` updates it in README.md."""
 
 from __future__ import annotations
 
@@ -31,5 +32,19 @@ def model_table() -> str:
     return "\n".join([TABLE_START, *rows, TABLE_END])
 
 
+def write_readme(path: str = "README.md") -> None:
+    """Replace the generated table between its markers in the README."""
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    start, end = text.index(TABLE_START), text.index(TABLE_END) + len(TABLE_END)
+    Path(path).write_text(text[:start] + model_table() + text[end:])
+
+
 if __name__ == "__main__":
-    print(model_table())
+    import sys
+
+    if "--write" in sys.argv:
+        write_readme()
+    else:
+        print(model_table())
