@@ -88,3 +88,37 @@ def test_a_run_writes_metrics_plot_checkpoints_and_summary(data_dir, tmp_path):
     model = zoo.load(str(tmp_path / "epoch-2.safetensors"), backend="jax")  # trained in torch, loads in jax
     assert model.zoo_spec.name == "mlp-mnist"
     assert summary["test_accuracy"] > 0.8 and summary["train_wall_time_s"] > 0
+
+
+SHIP_AND_RECORD = """
+import json, shutil, sys
+from pathlib import Path
+import zoo.registry as registry
+from zoo.cli import main
+work = Path(sys.argv[1])
+shutil.copy(registry.REGISTRY_PATH, work / "registry.json")
+(work / "weights").mkdir()
+shutil.copy(registry.WEIGHTS_DIR / "imdb-wordlevel-10k.json", work / "weights")
+registry.REGISTRY_PATH, registry.WEIGHTS_DIR = work / "registry.json", work / "weights"  # a scratch registry
+assert main(["ship", "mlp-mnist", "--weights", sys.argv[2], "--tag", "scratch", "--recipe", "zoo train mlp-mnist ..."]) == 0
+for backend in ("torch", "jax"):
+    assert main(["eval", "mlp-mnist", "--backend", backend, "--record", "--data-dir", sys.argv[3]]) == 0
+print(json.dumps(registry.model_info("mlp-mnist")))
+"""
+
+
+@pytest.mark.slow
+def test_ship_then_eval_record_writes_measured_metrics_into_the_registry(data_dir, tmp_path):
+    from zoo.train import TrainConfig, fit
+
+    summary = fit(TrainConfig(model="mlp-mnist", backend="jax", epochs=1, batch_size=128, max_train_examples=3000,
+                              optimizer=OptimizerConfig(name="adamw", lr=2e-3)), tmp_path / "run", data_dir=data_dir, progress=False)
+    out = subprocess.run([sys.executable, "-c", SHIP_AND_RECORD, str(tmp_path), summary["weights"], str(data_dir)],
+                         capture_output=True, text=True, check=True).stdout
+    info = json.loads(out.strip().splitlines()[-1])
+    entry = info["weights"]["scratch"]
+    assert info["default_tag"] == "scratch" and entry["trained_in"] == "jax"
+    assert entry["sha256"] == zoo.checkpoint.sha256_file(summary["weights"])
+    measured = {b: entry["metrics"][b]["test_accuracy"] for b in ("torch", "jax")}
+    assert abs(measured["jax"] - summary["test_accuracy"]) < 1e-6  # eval reproduces the trainer's own measurement
+    assert abs(measured["torch"] - measured["jax"]) <= 0.0005

@@ -30,6 +30,8 @@ def spec_from_checkpoint(ckpt: Checkpoint) -> ModelSpec:
         config=ckpt.config,
         preprocessing=ckpt.preprocessing,
         labels=ckpt.labels,
+        task=ckpt.metadata.get("task", ""),
+        dataset=ckpt.metadata.get("dataset", ""),
         tokenizer_json=ckpt.tokenizer_json,
     )
 
@@ -68,9 +70,10 @@ def load_checkpoint_for(name_or_path: str, pretrained: bool = True) -> tuple[Mod
     if not pretrained:
         return spec, None
     ckpt = read_checkpoint(resolve_weights_file(base, tag))
-    if ckpt.arch != spec.arch or ckpt.config != spec.config:
-        raise CheckpointError(f"{ckpt.path}: holds architecture {ckpt.arch!r} {ckpt.config}, but {base} is {spec.arch!r} {spec.config}")
-    return spec_from_checkpoint(ckpt).replace(name=base), ckpt
+    if ckpt.arch != spec.arch or ckpt.config != spec.config or ckpt.preprocessing != spec.preprocessing:
+        raise CheckpointError(f"{ckpt.path}: holds architecture {ckpt.arch!r} {ckpt.config} with preprocessing {ckpt.preprocessing}, "
+                              f"but {base} is {spec.arch!r} {spec.config} with {spec.preprocessing}")
+    return spec.replace(tokenizer_json=ckpt.tokenizer_json or spec.tokenizer_json), ckpt
 
 
 def load(name_or_path: str, backend: str = "torch", pretrained: bool = True, seed: int = 0, **overrides: Any):

@@ -61,6 +61,8 @@ def make_metadata(spec, written_by: str) -> dict[str, str]:
         "config": json.dumps(spec.config, sort_keys=True),
         "preprocessing": json.dumps(spec.preprocessing, sort_keys=True),
         "labels": json.dumps(list(spec.labels)),
+        "task": spec.task,
+        "dataset": spec.dataset,
     }
     if spec.tokenizer_json:
         meta["tokenizer"] = spec.tokenizer_json
