@@ -42,7 +42,9 @@ def test_convert_refuses_garbage(tmp_path):
 
 
 def test_demo_runs_and_backends_agree():
+    from zoo.demo import SAMPLES
+
     result = run_cli("demo")
     assert "identical predictions: True" in result.stdout
-    labels = np.load(zoo.demo.SAMPLES)["labels"] if hasattr(zoo, "demo") else None
-    del labels
+    true_labels = " ".join(str(v) for v in np.load(SAMPLES)["labels"])
+    assert f"true label:   {true_labels}" in result.stdout

@@ -12,7 +12,7 @@ import difflib
 import fnmatch
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ class ModelSpec:
     task: str = ""
     dataset: str = ""
     tokenizer_json: str | None = None  # text models: a Hugging Face `tokenizers` JSON document
-    extra: dict[str, Any] = field(default_factory=dict)
 
     # Flax keeps the spec as static data in the graph definition, so jit caches key on it: compare and
     # hash by value (two loads of one model share compiled code).
