@@ -89,7 +89,8 @@ def write_checkpoint(path: str | os.PathLike, tensors: dict[str, np.ndarray], me
     return path
 
 
-def _read_header(path: str, size: int) -> dict[str, Any]:
+def _check_header(path: str, size: int) -> None:
+    """Sizes, offsets and JSON of the header, checked before safetensors maps the file, for clear errors."""
     if size < 8:
         raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes, shorter than the 8-byte header length)")
     with open(path, "rb") as f:
@@ -119,7 +120,6 @@ def _read_header(path: str, size: int) -> dict[str, Any]:
             raise CheckpointError(
                 f"{path}: truncated or corrupt: tensor {key!r} claims bytes {start}..{end} but the data section has {data_bytes} bytes"
             )
-    return header
 
 
 def read_checkpoint(path: str | os.PathLike, allow_nonfinite: bool = False) -> Checkpoint:
@@ -130,15 +130,25 @@ def read_checkpoint(path: str | os.PathLike, allow_nonfinite: bool = False) -> C
     path = str(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
-    header = _read_header(path, os.path.getsize(path))
+    _check_header(path, os.path.getsize(path))
     try:
         with safe_open(path, framework="numpy") as f:
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, ValueError, TypeError, OSError) as e:
         raise CheckpointError(f"{path}: not a valid safetensors file: {e}") from None
-    del header
 
+    fields = parse_metadata(metadata, path)
+    if not allow_nonfinite:
+        for key, value in tensors.items():
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                bad = int((~np.isfinite(value)).sum())
+                raise CheckpointError(f"{path}: tensor {key!r} holds {bad} NaN/Inf values; refusing to load it")
+    return Checkpoint(path=path, tensors=tensors, metadata=metadata, **fields)
+
+
+def parse_metadata(metadata: dict[str, str], path: str) -> dict[str, Any]:
+    """Validate a zoo checkpoint's string metadata; returns the Checkpoint fields it describes."""
     if metadata.get("format") != FORMAT:
         found = metadata.get("format")
         raise CheckpointError(
@@ -155,22 +165,8 @@ def read_checkpoint(path: str | os.PathLike, allow_nonfinite: bool = False) -> C
             raise CheckpointError(f"{path}: metadata key {key!r} is not valid JSON ({e})") from None
     if not isinstance(parsed["config"], dict):
         raise CheckpointError(f"{path}: metadata key 'config' must be a JSON object")
-    if not allow_nonfinite:
-        for key, value in tensors.items():
-            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-                bad = int((~np.isfinite(value)).sum())
-                raise CheckpointError(f"{path}: tensor {key!r} holds {bad} NaN/Inf values; refusing to load it")
-    return Checkpoint(
-        path=path,
-        tensors=tensors,
-        arch=metadata["arch"],
-        model=metadata.get("model", ""),
-        config=parsed["config"],
-        preprocessing=parsed["preprocessing"],
-        labels=parsed["labels"],
-        tokenizer_json=metadata.get("tokenizer"),
-        metadata=metadata,
-    )
+    return {"arch": metadata["arch"], "model": metadata.get("model", ""), "config": parsed["config"],
+            "preprocessing": parsed["preprocessing"], "labels": parsed["labels"], "tokenizer_json": metadata.get("tokenizer")}
 
 
 def check_tensors(expected: dict[str, tuple[tuple[int, ...], np.dtype]], given: dict[str, Any], source: str) -> None:

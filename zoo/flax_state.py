@@ -32,7 +32,7 @@ def msgpack_to_safetensors(src: str, dst: str | os.PathLike) -> Path:
     from . import convert
     from .api import spec_from_checkpoint
     from .backends import jax_backend
-    from .checkpoint import JSON_FIELDS, Checkpoint
+    from .checkpoint import Checkpoint, parse_metadata
 
     try:
         payload = serialization.msgpack_restore(Path(src).read_bytes())
@@ -40,11 +40,7 @@ def msgpack_to_safetensors(src: str, dst: str | os.PathLike) -> Path:
         pure_state = payload["state"]
     except Exception as e:  # msgpack raises several unrelated types on bad input
         raise CheckpointError(f"{src}: not a zoo msgpack state file ({type(e).__name__}: {e})") from None
-    import json
-
-    fields = {k: json.loads(metadata[k]) for k in JSON_FIELDS}
-    ckpt = Checkpoint(src, {}, metadata["arch"], metadata.get("model", ""), fields["config"], fields["preprocessing"],
-                      fields["labels"], metadata.get("tokenizer"), metadata)
+    ckpt = Checkpoint(path=src, tensors={}, metadata=metadata, **parse_metadata(metadata, src))
     model = jax_backend.build(spec_from_checkpoint(ckpt), source=src)
     state = nnx.state(model, (nnx.Param, nnx.BatchStat))
     try:
