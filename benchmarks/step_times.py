@@ -41,7 +41,7 @@ def main() -> None:
         else:
             x = rng.normal(size=(args.batch, spec.preprocessing["height"], spec.preprocessing["width"], 1)).astype(np.float32)
         y = rng.integers(0, len(spec.labels), size=args.batch)
-        row = {"model": name, "batch": f"{x.shape[0]}x{x.shape[1]}"}
+        row = {"model": name, "batch": "x".join(map(str, x.shape))}
         for backend in ("torch", "jax"):
             b = get_backend(backend)
             model = zoo.load(name, backend=backend, pretrained=False)
@@ -52,9 +52,9 @@ def main() -> None:
         row["jax/torch step"] = round(row["jax_train_step_s"] / row["torch_train_step_s"], 2)
         rows.append(row)
         print(row, flush=True)
-    row0 = {"versions": f"torch {torch.__version__}, jax {jax.__version__}"}
-    write_results("step_times", rows + [row0], ["model", "batch", "torch_forward_s", "jax_forward_s", "jax/torch forward",
-                                              "torch_train_step_s", "jax_train_step_s", "jax/torch step"])
+    write_results("step_times", rows, ["model", "batch", "torch_forward_s", "jax_forward_s", "jax/torch forward",
+                                              "torch_train_step_s", "jax_train_step_s", "jax/torch step"],
+                  versions=f"torch {torch.__version__}, jax {jax.__version__}")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def main() -> None:
             fc = torch.nn.Linear(64, 2)
             opt = torch.optim.Adam([*bag.parameters(), *fc.parameters()], lr=5e-3)
 
-            def forward(index):
+            def forward(index, cut=cut, bag=bag, fc=fc):
                 flat = torch.tensor(np.concatenate([cut[i] for i in index]), dtype=torch.long)
                 offsets = torch.tensor(np.cumsum([0] + [len(cut[i]) for i in index[:-1]]), dtype=torch.long)
                 return fc(bag(flat, offsets))
