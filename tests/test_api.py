@@ -39,14 +39,21 @@ def test_models_come_back_native_in_eval_mode_with_spec():
     assert t.zoo_spec.labels == j.zoo_spec.labels == [str(i) for i in range(10)]
 
 
-def test_pretrained_without_weights_is_a_clear_error():
-    from zoo.registry import list_models
+def test_pretrained_without_weights_is_a_clear_error(tmp_path, monkeypatch):
+    import json
 
-    missing = [n for n in list_models() if n not in list_models(pretrained=True)]
-    if not missing:
-        pytest.skip("every model has shipped weights")
-    with pytest.raises(LookupError, match="has no pretrained default weights"):
-        zoo.load(missing[0], backend="torch")
+    import zoo.registry as registry
+
+    with pytest.raises(LookupError, match="has no pretrained tag 'nope' \\(available tags: v1\\)"):
+        zoo.load("cnn-mnist.nope", backend="torch")
+    data = json.loads(registry.REGISTRY_PATH.read_text())
+    data["models"]["cnn-mnist"].update(default_tag=None, weights={})
+    scratch = tmp_path / "registry.json"
+    scratch.write_text(json.dumps(data))
+    monkeypatch.setattr(registry, "REGISTRY_PATH", scratch)  # a registry entry that has shipped nothing yet
+    with pytest.raises(LookupError, match="has no pretrained default weights .*pretrained=False"):
+        zoo.load("cnn-mnist", backend="jax")
+    assert zoo.load("cnn-mnist", backend="jax", pretrained=False) is not None
 
 
 @pytest.fixture(scope="module")
