@@ -13,6 +13,8 @@ import pytest
 from hubserver import HubServer
 
 import zoo
+import zoo.api
+import zoo.hub
 
 LOAD = """
 import sys, json, zoo
@@ -88,6 +90,7 @@ def test_push_then_load_gets_the_file_back_bit_for_bit_with_cache_and_pinning(hu
     assert files["model.safetensors"] == ckpt.read_bytes()
     card = files["README.md"].decode()
     assert card.startswith("---\nlibrary_name: zoo-twins") and "ylecun/mnist" in card and 'backend="jax"' in card
+    assert "This file was not evaluated" in card and "model-index" not in card  # a random file claims no metrics
     assert json.loads(files["config.json"])["architecture"] == "cnn"
 
     got, _ = load(hub, tmp_path, "hf-hub:org/cnn", "jax")  # first download: one HEAD, one GET
@@ -176,3 +179,94 @@ def test_push_dry_run_writes_the_folder_only(hub, tmp_path):
     result = push(hub, tmp_path, checkpoint(tmp_path), "org/cnn", "--dry-run", "--out", str(tmp_path / "folder"))
     assert sorted(p.name for p in Path(result["folder"]).iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert hub.count("POST") == 0
+
+
+# Model cards tell the truth: metrics and recipe only for the file they were measured on.
+
+def dry_push(tmp_path, source, *extra):
+    """`zoo push SOURCE --dry-run` in a fresh process (no network: offline); the card and config.json."""
+    out = tmp_path / "folder"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), PYTHONPATH=str(Path(__file__).parent.parent))
+    run(["-m", "zoo.cli", "push", str(source), "--repo", "org/x", "--dry-run", "--out", str(out), *extra], env)
+    return (out / "README.md").read_text(), json.loads((out / "config.json").read_text())
+
+
+def claims(card, backend, m):
+    """The two places a card states a backend's accuracy: the model-index entry and the table row."""
+    return [f"value: {m['test_accuracy']}\n            name: test accuracy ({backend})",
+            f"| {backend} | {100 * m['test_accuracy']:.2f} % | {m['n']} | {m['framework']} |"]
+
+
+def test_a_random_file_named_like_a_registry_model_claims_no_metrics(tmp_path):
+    """Catches the registry's metrics and recipe being copied onto any file whose model name is registered."""
+    path = checkpoint(tmp_path)  # random init, model name "cnn-mnist"
+    zoo.hub.push(str(path), "org/cnn", dry_run=True, folder=str(tmp_path / "folder"))
+    card = (tmp_path / "folder" / "README.md").read_text()
+    config = json.loads((tmp_path / "folder" / "config.json").read_text())
+    assert "This file was not evaluated" in card
+    assert "accuracy" not in card.lower() and "model-index" not in card and "%" not in card
+    assert "Recipe" not in card and "recipes/" not in card and "zoo eval --record" not in card
+    assert config["metrics_source"] is None and config["metrics"] is None and config["recipe"] is None
+    assert config["registry_weights"] is None and config["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_shipped_file_carries_its_registry_metrics_and_recipe(tmp_path):
+    """Catches the sha256 lookup failing for the registry's own file (by name and by a copy at another path)."""
+    import shutil
+
+    entry = zoo.registry.weights_entry("cnn-mnist")
+    ref = f"cnn-mnist.{entry['tag']}"
+    assert set(entry["metrics"]) == {"torch", "jax"}
+    card, config = dry_push(tmp_path, "cnn-mnist")
+    copy = tmp_path / "renamed.safetensors"
+    shutil.copyfile(zoo.api.resolve_weights_file("cnn-mnist"), copy)
+    zoo.hub.push(str(copy), "org/x", dry_run=True, folder=str(tmp_path / "copy"))
+    assert (tmp_path / "copy" / "README.md").read_text() == card, "the same bytes must get the same card, whatever the path"
+    for backend, m in entry["metrics"].items():
+        for claim in claims(card, backend, m):
+            assert claim in card
+    assert f"registry's `{ref}`" in card and f"`{entry['recipe']}`" in card and "zoo eval --record" in card
+    assert config["metrics_source"] == f"registry:{ref}" and config["registry_weights"] == ref
+    assert config["metrics"] == entry["metrics"] and config["recipe"] == entry["recipe"] and config["sha256"] == entry["sha256"]
+
+
+def test_any_tag_of_the_registry_counts_not_only_the_default(tmp_path, monkeypatch):
+    """Catches a lookup that only checks each model's default tag."""
+    import zoo.registry as registry
+
+    path = checkpoint(tmp_path, seed=5)
+    data = json.loads(registry.REGISTRY_PATH.read_text())
+    metrics = {"torch": {"test_accuracy": 0.125, "test_loss": 2.0, "n": 8, "framework": "torch test"}}
+    data["models"]["cnn-mnist"]["weights"]["v0"] = {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                                    "recipe": "recipes/old.sh", "metrics": metrics}
+    scratch = tmp_path / "registry.json"
+    scratch.write_text(json.dumps(data))
+    monkeypatch.setattr(registry, "REGISTRY_PATH", scratch)  # v1 stays the default tag
+    zoo.hub.push(str(path), "org/x", dry_run=True, folder=str(tmp_path / "folder"))
+    card = (tmp_path / "folder" / "README.md").read_text()
+    assert all(claim in card for claim in claims(card, "torch", metrics["torch"]))
+    assert "(jax)" not in card and "registry's `cnn-mnist.v0`" in card and "`recipes/old.sh`" in card
+
+
+def test_push_evaluate_reports_what_it_measured_on_that_file_in_both_backends(tmp_path, data_dir):
+    """Catches --evaluate reporting registry figures, one backend's figures for both, or figures of another file."""
+    from zoo.backends import get_backend
+    from zoo.data.pipeline import load_eval_split
+    from zoo.train import evaluate
+
+    path = checkpoint(tmp_path, "mlp-mnist", seed=4)  # random init: about 10 %, far from the registry's 98.69 %
+    card, config = dry_push(tmp_path, path, "--evaluate", "--data-dir", str(data_dir))
+    assert config["metrics_source"] == "measured at push" and config["recipe"] is None and "Recipe" not in card
+    assert "measured" in card.lower() and "`zoo push --evaluate` at push time" in card and "zoo eval --record" not in card
+    assert set(config["metrics"]) == {"torch", "jax"}
+    for backend in ("torch", "jax"):
+        model = zoo.load(str(path), backend=backend)
+        expected = evaluate(model, backend, load_eval_split(model.zoo_spec, "test", data_dir), model.zoo_spec)
+        m = config["metrics"][backend]
+        assert m["test_accuracy"] == expected["accuracy"] and m["n"] == expected["n"] == 10000
+        assert m["framework"] == get_backend(backend).framework_version()
+        for claim in claims(card, backend, m):
+            assert claim in card
+    registry_accuracy = zoo.registry.weights_entry("mlp-mnist")["metrics"]["torch"]["test_accuracy"]
+    assert str(registry_accuracy) not in card

@@ -41,7 +41,8 @@ def _cmd_convert(args) -> int:
 def _cmd_push(args) -> int:
     from .hub import push
 
-    result = push(args.model_or_file, args.repo, dry_run=args.dry_run, folder=args.out, revision=args.revision, private=args.private)
+    result = push(args.model_or_file, args.repo, dry_run=args.dry_run, folder=args.out, revision=args.revision, private=args.private,
+                  evaluate=args.evaluate, data_dir=args.data_dir)
     print(json.dumps(result))
     return 0
 
@@ -66,13 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.set_defaults(func=_cmd_convert)
-    p = sub.add_parser("push", help="publish a checkpoint to the Hugging Face Hub (model card, config, safetensors)")
+    p = sub.add_parser(
+        "push", help="publish a checkpoint to the Hugging Face Hub (model card, config, safetensors)",
+        description="Publish a checkpoint to the Hugging Face Hub: model.safetensors, config.json and a model card (README.md). "
+                    "The card reports test metrics and a recipe only when they describe this very file: when its sha256 is that "
+                    "of a registry weights entry (any model, any tag; the card names it as NAME.TAG and uses its recorded "
+                    "metrics and recipe), or with --evaluate, which measures the file on the full test split of its dataset in "
+                    "both backends at push time. Otherwise the card says plainly that the file was not evaluated. "
+                    "config.json records which case applied (metrics_source) and the metrics.")
     p.add_argument("model_or_file", help="a registry name (its default weights) or a .safetensors file")
     p.add_argument("--repo", required=True, help="ORG/REPO on the Hub")
     p.add_argument("--dry-run", action="store_true", help="write the folder only")
     p.add_argument("--out", help="folder to prepare (default: a temporary folder)")
     p.add_argument("--revision", help="branch to commit to (default main)")
     p.add_argument("--private", action="store_true")
+    p.add_argument("--evaluate", action="store_true",
+                   help="measure the file's test accuracy in both backends now and put those figures in the card")
+    p.add_argument("--data-dir", default=None,
+                   help="for --evaluate: folder with <dataset>/test.parquet (default $ZOO_DATA_DIR, else the Hub)")
     p.set_defaults(func=_cmd_push)
     p = sub.add_parser("demo", help="load a model in both backends, predict digits, compare the outputs")
     p.add_argument("--model", default="cnn-mnist")

@@ -45,6 +45,13 @@ def _cmd_eval(args) -> int:
     from .train import evaluate
 
     source = args.weights or args.model
+    if args.record:
+        # Refuse before measuring (minutes on a CPU): --record describes the registry's default weights only.
+        entry = api.registry.weights_entry(args.model)
+        digest = api.sha256_file(api.resolve_weights_file(args.model))
+        if args.weights and api.sha256_file(args.weights) != digest:
+            raise ValueError(f"--record measures the registry's default weights {args.model}.{entry['tag']} (sha256 {digest}); "
+                             f"{args.weights} is a different file (sha256 {api.sha256_file(args.weights)}): nothing evaluated or recorded")
     model = api.load(source, backend=args.backend)
     spec = model.zoo_spec
     if args.weights:
@@ -56,11 +63,6 @@ def _cmd_eval(args) -> int:
     if args.record:
         from ._version import __version__
         from .backends import get_backend
-
-        entry = api.registry.weights_entry(args.model)
-        digest = api.sha256_file(api.resolve_weights_file(args.model))
-        if args.weights and api.sha256_file(args.weights) != digest:
-            raise ValueError(f"--record measures the registry's default weights; {args.weights} is a different file")
 
         def record(e):
             e["weights"][entry["tag"]].setdefault("metrics", {})[args.backend] = {
@@ -83,8 +85,10 @@ def _cmd_ship(args) -> int:
 
     ckpt = read_checkpoint(args.weights)
     spec = get_spec(args.model)
-    if ckpt.arch != spec.arch or ckpt.config != spec.config:
-        raise ValueError(f"{args.weights}: architecture {ckpt.arch} {ckpt.config} is not {args.model}'s {spec.config}")
+    if ckpt.arch != spec.arch or ckpt.config != spec.config or ckpt.preprocessing != spec.preprocessing:
+        # the check `zoo.load` makes: never ship a file that loading the model would then refuse
+        raise ValueError(f"{args.weights}: holds architecture {ckpt.arch} {ckpt.config} with preprocessing {ckpt.preprocessing}, "
+                         f"but {args.model} is {spec.arch} {spec.config} with {spec.preprocessing}; nothing shipped")
     run_dir = Path(args.weights).parent
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     digest = sha256_file(args.weights)

@@ -3,7 +3,10 @@
 Downloads go through `huggingface_hub` into its standard cache (HF_HOME / HF_HUB_CACHE), pinned to the
 revision when one is given; a pinned commit already in the cache is served with no request at all, a
 branch with one freshness check (HEAD). `HF_HUB_OFFLINE=1` works from the cache. A file whose sha256
-differs from the one the registry knows is refused and removed from the cache."""
+differs from the one the registry knows is refused and removed from the cache.
+
+A pushed model card claims test metrics and a recipe only for the file they were measured on (see
+`prepare_folder`)."""
 
 from __future__ import annotations
 
@@ -22,13 +25,14 @@ CHECKPOINT_FILE = "model.safetensors"
 
 def parse_hub_name(name: str) -> tuple[str, str | None]:
     """`hf-hub:org/repo@rev` -> ("org/repo", "rev"); also accepts the old `hf_hub:` spelling."""
+    original = name
     for prefix in (PREFIX, "hf_hub:"):
         if name.startswith(prefix):
             name = name[len(prefix):]
             break
     repo_id, _, revision = name.partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"{PREFIX}{name}: expected {PREFIX}ORG/REPO[@REVISION]")
+        raise ValueError(f"{original}: expected {PREFIX}ORG/REPO[@REVISION]")
     return repo_id, revision or None
 
 
@@ -70,17 +74,53 @@ def download(repo_id: str, revision: str | None = None, filename: str = CHECKPOI
     return path
 
 
-def model_card(metadata: dict[str, str], repo_id: str, info: dict[str, Any] | None) -> str:
-    """A Hub model card: YAML front matter plus usage for both backends."""
+def find_registry_weights(digest: str) -> tuple[str, dict[str, Any]] | None:
+    """(`name.tag`, weights entry) of the registry weights whose sha256 is `digest`, any model and any tag;
+    None when the file is none of them. Only that very file may carry the entry's metrics and recipe."""
+    from . import registry
+
+    for name in registry.list_models():
+        for tag, entry in registry.model_info(name).get("weights", {}).items():
+            if entry.get("sha256") == digest:
+                return f"{name}.{tag}", entry
+    return None
+
+
+def measure(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """Metrics of the file at `path` on the full test split of its dataset, in both backends
+    (what `zoo push --evaluate` reports)."""
+    from . import api
+    from ._version import __version__
+    from .backends import get_backend
+    from .data.pipeline import load_eval_split
+    from .train import evaluate
+
+    metrics, test = {}, None
+    for backend in ("torch", "jax"):
+        model = api.load(str(path), backend=backend)
+        spec = model.zoo_spec
+        if not spec.dataset:
+            raise ValueError(f"{path}: the file's metadata names no dataset, so there is no test split to evaluate it on")
+        if test is None:  # one split serves both backends
+            test = load_eval_split(spec, "test", data_dir)
+        result = evaluate(model, backend, test, spec)
+        metrics[backend] = {"test_accuracy": result["accuracy"], "test_loss": round(result["loss"], 6), "n": result["n"],
+                            "framework": get_backend(backend).framework_version(), "zoo_version": __version__}
+    return metrics
+
+
+def model_card(metadata: dict[str, str], repo_id: str, info: dict[str, Any] | None, provenance: dict[str, Any]) -> str:
+    """A Hub model card: YAML front matter plus usage for both backends. Metrics and recipe come only from
+    `provenance` (see `prepare_folder`): a card never claims figures measured on another file."""
     from .data import DATASETS
 
     info = info or {}
-    dataset = info.get("dataset", "")
+    model = metadata.get("model", repo_id)
+    dataset = metadata.get("dataset") or info.get("dataset", "")
+    task = metadata.get("task") or info.get("task", "")
     hub_dataset = DATASETS.get(dataset, {}).get("hub")
-    tag = info.get("default_tag")
-    weights = info.get("weights", {}).get(tag, {}) if tag else {}
-    metrics = weights.get("metrics", {})
-    task = info.get("task", "")
+    metrics = provenance.get("metrics") or {}
+    source, registry_ref, recipe = provenance.get("metrics_source"), provenance.get("registry_weights"), provenance.get("recipe")
     license_id = {"mnist": "cc-by-sa-3.0"}.get(dataset, "other")
     front = ["---", "library_name: zoo-twins", f"license: {license_id}"]
     if hub_dataset:
@@ -89,16 +129,36 @@ def model_card(metadata: dict[str, str], repo_id: str, info: dict[str, Any] | No
     if task:
         front += [f"pipeline_tag: {task}"]
     if metrics:
-        front += ["model-index:", f"  - name: {metadata.get('model', repo_id)}", "    results:"]
+        front += ["model-index:", f"  - name: {model}", "    results:"]
         for backend, m in sorted(metrics.items()):
             front += ["      - task:", f"          type: {task}", "        dataset:", f"          name: {dataset}",
                       f"          type: {hub_dataset or dataset}", "          split: test", "        metrics:",
                       "          - type: accuracy", f"            value: {m['test_accuracy']}",
                       f"            name: test accuracy ({backend})"]
     front.append("---")
-    table = "\n".join(f"| {b} | {100 * m['test_accuracy']:.2f} % | {m.get('framework', '')} |" for b, m in sorted(metrics.items()))
+
+    if metrics:
+        if source == "measured at push":
+            how = f"Measured on this very file by `zoo push --evaluate` at push time, on the full {dataset} test split."
+        else:
+            how = f"This file is the registry's `{registry_ref}` (same sha256); figures recorded for it by `zoo eval --record`."
+        rows = "\n".join(f"| {b} | {100 * m['test_accuracy']:.2f} % | {m.get('n', '?')} | {m.get('framework', '?')} |"
+                         for b, m in sorted(metrics.items()))
+        results = f"## Test accuracy\n\n{how}\n\n| backend | accuracy | n | framework |\n|---|---|---|---|\n{rows}\n"
+    elif registry_ref:
+        results = (f"## Evaluation\n\nThis file is the registry's `{registry_ref}` (same sha256), but it has not been evaluated yet "
+                   "(no `zoo eval --record`, no `zoo push --evaluate`), so this card reports no test metrics.\n")
+    else:
+        results = ("## Evaluation\n\nThis file was not evaluated: its sha256 matches none of the registry's shipped weights and it "
+                   "was pushed without `zoo push --evaluate`, so this card reports no test metrics.\n")
+    footer = [f"File sha256 `{provenance.get('sha256')}`.",
+              f"Written by {metadata.get('written_by', '?')}, zoo {metadata.get('zoo_version', '?')}."]
+    if DATASETS.get(dataset, {}).get("license"):
+        footer.append(f"Dataset {dataset}: {DATASETS[dataset]['license']}.")
+    if recipe:  # only the registry's own file has a known recipe
+        footer.append(f"Recipe (reproduces `{registry_ref}`): `{recipe}`.")
     body = f"""
-# {metadata.get('model', repo_id)}
+# {model}
 
 A [zoo-twins](https://pypi.org/project/zoo-twins/) checkpoint: one `model.safetensors` that loads as a
 PyTorch `nn.Module` and as a Flax NNX module with the same outputs. Architecture `{metadata.get('arch')}`,
@@ -115,20 +175,19 @@ flax_model = zoo.load("hf-hub:{repo_id}", backend="jax")      # flax.nnx.Module
 predictions = zoo.pipeline(flax_model)(inputs)                # raw inputs -> labels
 ```
 
-## Test accuracy (measured by `zoo eval --record`)
-
-| backend | accuracy | framework |
-|---|---|---|
-{table or '| – | not measured | |'}
-
-Written by {metadata.get('written_by', '?')}, zoo {metadata.get('zoo_version', '?')}. Training data license:
-{weights.get('data_license', info.get('license', 'see the dataset'))}. Recipe: `{weights.get('recipe', '–')}`.
+{results}
+{" ".join(footer)}
 """
     return "\n".join(front) + "\n" + body
 
 
-def prepare_folder(model_or_file: Any, folder: str | os.PathLike, repo_id: str) -> Path:
-    """Write a Hub-ready folder: model.safetensors, config.json, README.md (model card)."""
+def prepare_folder(model_or_file: Any, folder: str | os.PathLike, repo_id: str, *, evaluate: bool = False,
+                   data_dir: str | os.PathLike | None = None) -> Path:
+    """Write a Hub-ready folder: model.safetensors, config.json, README.md (model card).
+
+    The card carries metrics and a recipe only when they are about this file: its sha256 is that of a
+    registry weights entry (that entry's recorded metrics and recipe), or `evaluate=True` measured it on
+    its dataset's test split in both backends. Otherwise it says the file was not evaluated."""
     from . import api, registry
     from .checkpoint import read_checkpoint
 
@@ -145,19 +204,30 @@ def prepare_folder(model_or_file: Any, folder: str | os.PathLike, repo_id: str) 
     ckpt = read_checkpoint(target)
     name = ckpt.model
     info = registry.model_info(name) if name in registry.list_models() else None
+    digest = sha256_file(target)
+    registry_ref, entry = find_registry_weights(digest) or (None, {})
+    if evaluate:
+        metrics, metrics_source = measure(target, data_dir), "measured at push"
+    elif entry.get("metrics"):
+        metrics, metrics_source = entry["metrics"], f"registry:{registry_ref}"
+    else:
+        metrics, metrics_source = None, None
+    provenance = {"sha256": digest, "registry_weights": registry_ref, "recipe": entry.get("recipe"),
+                  "metrics_source": metrics_source, "metrics": metrics}
     config = {"library_name": "zoo-twins", "format": ckpt.metadata["format"], "model": name, "architecture": ckpt.arch,
               "config": ckpt.config, "preprocessing": ckpt.preprocessing, "labels": ckpt.labels,
-              "zoo_version": ckpt.metadata.get("zoo_version"), "written_by": ckpt.metadata.get("written_by"),
-              "sha256": sha256_file(target)}
+              "zoo_version": ckpt.metadata.get("zoo_version"), "written_by": ckpt.metadata.get("written_by"), **provenance}
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (folder / "README.md").write_text(model_card(ckpt.metadata, repo_id, info))
+    (folder / "README.md").write_text(model_card(ckpt.metadata, repo_id, info, provenance))
     return folder
 
 
 def push(model_or_file: Any, repo_id: str, *, dry_run: bool = False, folder: str | None = None, revision: str | None = None,
-         private: bool = False, commit_message: str | None = None) -> dict[str, str]:
-    """Prepare the folder and upload it with `huggingface_hub` (unless `dry_run`)."""
-    folder = prepare_folder(model_or_file, folder or tempfile.mkdtemp(prefix="zoo-push-"), repo_id)
+         private: bool = False, commit_message: str | None = None, evaluate: bool = False,
+         data_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """Prepare the folder and upload it with `huggingface_hub` (unless `dry_run`). `evaluate=True` measures
+    the file on its test split in both backends first (data from `data_dir`, else $ZOO_DATA_DIR, else the Hub)."""
+    folder = prepare_folder(model_or_file, folder or tempfile.mkdtemp(prefix="zoo-push-"), repo_id, evaluate=evaluate, data_dir=data_dir)
     result = {"folder": str(folder)}
     if dry_run:
         return result
