@@ -1,10 +1,12 @@
 """Shipped weights: bundled, verified, measured in both backends, and the measurement reproduces."""
 
+import json
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import zoo
@@ -16,6 +18,17 @@ from zoo.train import evaluate
 
 PRETRAINED = zoo.list_models(pretrained=True)
 ROOT = Path(__file__).resolve().parents[1]
+SLICE_SIZE = {"mnist": 500, "imdb": 1000}  # examples of each test split the fast check evaluates
+_slices = {}  # one encoded slice per dataset and preprocessing: tokenising all 25000 reviews takes seconds
+
+
+def eval_slice(spec, data_dir):
+    """Examples evenly spaced over the whole test split: IMDb's is all-neg then all-pos, so a head slice is one class."""
+    key = (spec.dataset, spec.tokenizer_json, json.dumps(spec.preprocessing, sort_keys=True))
+    if key not in _slices:
+        test = load_eval_split(spec, "test", data_dir)
+        _slices[key] = test.subset(np.linspace(0, len(test) - 1, SLICE_SIZE[spec.dataset]).round().astype(int))
+    return _slices[key]
 
 
 @pytest.mark.parametrize("name", PRETRAINED)
@@ -27,6 +40,33 @@ def test_registry_entry_is_complete_and_the_file_verifies(name):
     assert set(w["metrics"]) == {"torch", "jax"}, "test accuracy must be measured in each backend"
     for key in ("recipe", "config", "trained_in", "train_wall_time_s", "machine", "data_license", "sha256"):
         assert w.get(key), f"{name}: weights entry lacks {key}"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch's RNN kernels crawl (70-100 s instead of 5 s here) when its 2 threads compete for 2 busy CPUs, as under -n 2."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", PRETRAINED)
+def test_shipped_weights_are_accurate_on_a_test_slice_in_both_backends(name, data_dir, one_torch_thread):
+    """Fast tier: broken or mis-loaded weights fall far below the recorded accuracy (chance is 10 % / 50 %)."""
+    info = model_info(name)
+    recorded = info["weights"][info["default_tag"]]["metrics"]
+    spec = get_spec(name)
+    data = eval_slice(spec, data_dir)
+    assert set(data.labels) == set(range(len(spec.labels))), "the slice must hold every class"
+    results = {b: evaluate(zoo.load(name, backend=b), b, data, spec) for b in ("torch", "jax")}
+    for backend, result in results.items():
+        expected = recorded[backend]["test_accuracy"]
+        assert abs(result["accuracy"] - expected) <= 0.02, f"{name} [{backend}]: {result['accuracy']:.4f} on the slice, recorded {expected}"
+    disagree = int((results["torch"]["predictions"] != results["jax"]["predictions"]).sum())
+    assert disagree <= 0.001 * len(data), f"{name}: backends disagree on {disagree} of {len(data)} predictions"
 
 
 @pytest.mark.slow

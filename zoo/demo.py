@@ -1,8 +1,10 @@
-"""`zoo demo`: load one model in both backends, predict digits, show that the outputs agree."""
+"""`zoo demo`: load one model in both backends, predict digits, show that the outputs agree and, with
+pretrained weights, are right."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,4 +47,14 @@ def run_demo(name: str = "cnn-mnist", data_dir: str | None = None) -> int:
     diff = float(np.abs(torch_pred.logits - jax_pred.logits).max())
     same = torch_pred.labels == jax_pred.labels
     print(f"max |logit difference| between backends: {diff:.2e}; identical predictions: {same}")
-    return 0 if same and diff < 1e-4 else 1
+    problems = [] if same and diff < 1e-4 else ["the backends disagree (different predictions, or |logit difference| >= 1e-4)"]
+    if pretrained:  # shipped weights must also be right, not merely agree with each other
+        for backend, pred in (("torch", torch_pred), ("jax", jax_pred)):
+            wrong = int((pred.indices != labels).sum())
+            if wrong:
+                problems.append(f"{backend}: {wrong} of {len(labels)} predictions are wrong")
+    else:
+        print("random initialisation: predictions cannot be right, so only backend agreement is checked")
+    for problem in problems:
+        print(f"zoo demo: FAILED: {problem}", file=sys.stderr)
+    return 1 if problems else 0
