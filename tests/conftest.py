@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,17 @@ jax.config.update("jax_default_matmul_precision", "highest")
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 torch.set_flush_denormal(True)
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    torch.set_num_threads(1)  # `-n 2` on 2 cores: one thread per worker, not 2 x 2 threads fighting over them
 
 ROOT = Path(__file__).resolve().parents[1]
-MEASUREMENTS = ROOT / "tests" / ".parity-measurements.jsonl"
+MEASUREMENTS = ROOT / "tests" / ".parity-measurements"  # one JSON-lines file per worker; `python -m zoo.docs` merges them
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) starts a fresh report
+        shutil.rmtree(MEASUREMENTS, ignore_errors=True)
 
 
 def shared_data_dir() -> Path | None:
@@ -38,11 +47,12 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def record_measurement():
-    """Append a measured max |diff| to a JSON-lines file, for the parity report in the closing notes."""
-    MEASUREMENTS.unlink(missing_ok=True)
+    """Append a measured value to this worker's JSON-lines file, for the parity report (`python -m zoo.docs`)."""
+    MEASUREMENTS.mkdir(exist_ok=True)
+    path = MEASUREMENTS / f"{WORKER or 'main'}.jsonl"
 
     def record(model: str, check: str, value: float) -> None:
-        with open(MEASUREMENTS, "a") as f:
+        with open(path, "a") as f:
             f.write(json.dumps({"model": model, "check": check, "max_abs_diff": value}) + "\n")
 
     return record

@@ -1,24 +1,78 @@
 """The parity suite: one checkpoint, both backends, every model in the registry, the same tolerances.
 Adding a model to the registry adds it here; no test code is written per model."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 import zoo
 from zoo.backends import get_backend
 from zoo.optim import OptimizerConfig
 from zoo.registry import get_spec
-from zoo.testing import STATS_TOL, assert_close, example_batch
+from zoo.testing import (
+    F64_ATOL,
+    F64_MAX_EXEMPT_SHARE,
+    F64_STEP_ATOL,
+    STATS_TOL,
+    assert_close,
+    example_batch,
+)
 
 MODELS = zoo.list_models()
 TEXT_MODELS = [n for n in MODELS if get_spec(n).preprocessing["kind"] == "text"]
 TB, JB = get_backend("torch"), get_backend("jax")
-# Gradient checks use a small batch: with train-mode BatchNorm, ReLU inputs are ~N(0, 1), and one of them
-# within float32 rounding (~1e-6) of 0 takes the other side of the kink in one framework, moving early
-# gradients by ~1e-3 (measured on resnet-mnist, batch 16: one flip in about a third of seeds; the fused
-# JAX train step and the standalone gradient can round differently). Fewer activations, fewer near-zeros.
+FLOAT64_SCRIPT = Path(__file__).with_name("float64_parity.py")
+# float32 gradient checks: a ReLU input within float32 rounding (~1e-6) of 0, or a max-pool window whose
+# two largest inputs are that close, can take the other side of the kink in one framework and move early
+# gradients by ~1e-2 (resnet-mnist: 3 of 40 seeds). The float32 checks therefore run on a batch whose
+# every kink input is at least KINK_MARGIN away (measured in float64); the float64 checks run on any seed.
 GRAD_BATCH = 4
+KINK_MARGIN = 1e-5
+MAX_NOISY_SHARE = 0.001  # Adam entries whose gradient difference Adam makes O(lr) (float32 noise near 0): counted, capped
+
+
+class KinkMargin(torch.overrides.TorchFunctionMode):
+    """Records how close a forward pass comes to a kink: the smallest |ReLU input|, and the smallest gap
+    between the two largest inputs of a 2x2 max-pool window whose maximum is positive."""
+
+    def __init__(self):
+        super().__init__()
+        self.margin = float("inf")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in ("relu", "relu_"):
+            self.margin = min(self.margin, float(args[0].abs().min()))
+        elif name.startswith("max_pool2d"):
+            windows = args[0].unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2).sort(dim=-1).values
+            positive = windows[..., -1] > 0
+            if positive.any():
+                self.margin = min(self.margin, float((windows[..., -1] - windows[..., -2])[positive].min()))
+        return func(*args, **(kwargs or {}))
+
+
+def kink_clear_batch(torch_model, batch_size, first_seed=0, tries=200):
+    """The first seeded batch on which `torch_model` (in float64, train mode) stays KINK_MARGIN clear of
+    every kink, and that seed."""
+    import copy
+
+    reference = copy.deepcopy(torch_model).double().train()
+    spec = torch_model.zoo_spec
+    for seed in range(first_seed, first_seed + tries):
+        x, y = example_batch(spec, batch_size, seed=seed)
+        inputs = TB.to_input(x, spec)
+        with torch.no_grad(), KinkMargin() as probe:
+            reference(inputs.double() if inputs.is_floating_point() else inputs)
+        if probe.margin >= KINK_MARGIN:
+            return x, y, seed
+    raise AssertionError(f"{spec.name}: no batch among seeds {first_seed}..{first_seed + tries - 1} clears every kink by {KINK_MARGIN}")
 
 
 def no_dropout(name):
@@ -55,15 +109,16 @@ def test_logits_match(name, batch_size, checkpoint, record_measurement):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_gradients_match(name, checkpoint, record_measurement):
-    """Cross-entropy gradients for every parameter, train mode, dropout 0 (see GRAD_BATCH on ReLU kinks)."""
+    """Cross-entropy gradients for every parameter, train mode, dropout 0, on a kink-clear batch."""
     torch_model, jax_model = twins(checkpoint(name), **no_dropout(name))
-    x, y = example_batch(torch_model.zoo_spec, GRAD_BATCH, seed=3)
+    x, y, seed = kink_clear_batch(torch_model, GRAD_BATCH)
     torch_loss, torch_grads = TB.gradients(torch_model, x, y)
     jax_loss, jax_grads = JB.gradients(jax_model, x, y)
     assert set(jax_grads) == set(torch_grads)
     assert_close(jax_loss, torch_loss, f"{name} loss")
     worst = max(assert_close(jax_grads[k], torch_grads[k], f"{name} grad {k}") for k in torch_grads)
     record_measurement(name, "gradients", worst)
+    record_measurement(name, "gradients_kink_clear_seed", seed)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -73,8 +128,6 @@ def test_train_mode_forward_and_running_stats_match(name, checkpoint, record_mea
     x, _ = example_batch(torch_model.zoo_spec, 32, seed=4)
     torch_model.train()
     jax_model.train()
-    import torch
-
     with torch.no_grad():
         torch_out = torch_model(TB.to_input(x, torch_model.zoo_spec)).numpy()
     jax_out = np.asarray(jax_model(JB.to_input(x, jax_model.zoo_spec)))
@@ -92,12 +145,14 @@ def test_train_mode_forward_and_running_stats_match(name, checkpoint, record_mea
 def test_full_training_step_matches(name, optimizer, checkpoint, record_measurement):
     """Same batch, same weights, one optimizer step in each framework: parameters agree to 1e-2 * lr.
 
-    Adam's first update is lr * g / (|g| + eps): where |g| is below float32 gradient noise (~1e-8) the
-    update is noise in [-lr, lr] in either framework. Entries with |g| < 100 * eps in both frameworks are
-    held to |diff| <= 2 * lr (catches a wrong sign or a missing step) and counted; the rest to 1e-2 * lr."""
+    Adam's first update is lr * g / (|g| + eps), so a gradient difference d (already checked above at the
+    global tolerance) becomes lr * d * eps / (|g| + eps)^2: far below float32 noise it is O(lr). Entries
+    where the two frameworks' gradients predict first updates more than 0.5e-2 * lr apart are held to
+    2 * lr, counted, and capped at MAX_NOISY_SHARE of all entries; every other entry, exact zeros
+    included, to 1e-2 * lr. The float64 test below checks every entry over 3 steps, tightly."""
     cfg = OptimizerConfig(name=optimizer, lr=1e-3, momentum=0.9, weight_decay=1e-2)
     torch_model, jax_model = twins(checkpoint(name), **no_dropout(name))
-    x, y = example_batch(torch_model.zoo_spec, GRAD_BATCH, seed=3)
+    x, y, _ = kink_clear_batch(torch_model, GRAD_BATCH)
     _, torch_grads = TB.gradients(torch_model, x, y)
     _, jax_grads = JB.gradients(jax_model, x, y)
     if optimizer == "adam":  # torch's Adam weight_decay is L2: Adam sees g + wd * p
@@ -107,18 +162,49 @@ def test_full_training_step_matches(name, optimizer, checkpoint, record_measurem
     TB.Trainer(torch_model, cfg).step(x, y)
     JB.Trainer(jax_model, cfg).step(x, y)
     torch_state, jax_state = TB.state_to_numpy(torch_model), JB.state_to_numpy(jax_model)
-    worst, noisy = 0.0, 0
+    worst, noisy, entries = 0.0, 0, 0
     for key in torch_state:
         diff = np.abs(jax_state[key].astype(np.float64) - torch_state[key])
+        entries += diff.size
         if optimizer != "sgd" and key in torch_grads:
-            below_noise = (np.abs(torch_grads[key]) < 100 * cfg.eps) & (np.abs(jax_grads[key]) < 100 * cfg.eps)
+            t, j = torch_grads[key], jax_grads[key]
+            below_noise = np.abs(t / (np.abs(t) + cfg.eps) - j / (np.abs(j) + cfg.eps)) > 0.5e-2  # amplified by Adam
             assert diff[below_noise].max(initial=0) <= 2 * cfg.lr, f"{name} {key}: update beyond lr where |g| ~ 0"
-            noisy += int((below_noise & ((torch_grads[key] != 0) | (jax_grads[key] != 0))).sum())  # exact zeros agree
+            noisy += int(below_noise.sum())
             diff = diff[~below_noise]
         assert diff.max(initial=0) <= 1e-2 * cfg.lr, f"{name} {key} after {optimizer}: max |diff| {diff.max():.3g} > 1e-2 * lr"
         worst = max(worst, float(diff.max(initial=0)))
+    assert noisy <= MAX_NOISY_SHARE * entries, f"{name}: {noisy} of {entries} entries exempted as gradient noise"
     record_measurement(name, f"train_step_{optimizer}", worst)
-    record_measurement(name, f"train_step_{optimizer}_entries_below_grad_noise", noisy)
+    record_measurement(name, f"train_step_{optimizer}_noisy_entries", noisy)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_float64_gradients_and_steps_match(name, record_measurement):
+    """Both twins in float64 (JAX's x64 needs its own process), new weights and batches for each of 20
+    seeds: loss and gradients to F64_ATOL, parameters after 3 steps of SGD+momentum+L2, Adam+L2 and AdamW
+    to F64_STEP_ATOL. Weight decay, momentum and bias correction each move parameters far beyond that.
+    (`ZOO_FLOAT64_SEEDS` lowers the count for the mutation suite.)"""
+    seeds = int(os.environ.get("ZOO_FLOAT64_SEEDS", "20"))
+    run = subprocess.run([sys.executable, str(FLOAT64_SCRIPT), name, "--seeds", str(seeds), "--steps", "3"],
+                         capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == seeds
+    for r in rows:
+        where = f"{name} seed {r['seed']}"
+        assert r["loss_violation"] <= F64_ATOL, f"{where}: float64 loss"
+        assert r["grad_max_violation"] <= F64_ATOL, f"{where}: float64 gradients differ by {r['grad_max_abs_diff']:.3g}"
+        for opt in ("sgd", "adam", "adamw"):
+            assert r[f"step_{opt}_max_violation"] <= F64_STEP_ATOL, f"{where}: float64 parameters after 3 {opt} steps"
+            assert r[f"step_{opt}_exempt_entries"] <= F64_MAX_EXEMPT_SHARE * r["parameters"], f"{where}: {opt} exemptions"
+            assert r[f"step_{opt}_exempt_max_abs_diff"] <= 2 * r[f"step_{opt}_lr"] * r["steps"], f"{where}: {opt} noisy entries"
+    record_measurement(name, "float64_seeds", seeds)
+    record_measurement(name, "float64_gradients", max(r["grad_max_abs_diff"] for r in rows))
+    for opt in ("sgd", "adam", "adamw"):
+        record_measurement(name, f"float64_step_{opt}_violation", max(r[f"step_{opt}_max_violation"] for r in rows))
+        record_measurement(name, f"float64_step_{opt}_exempt_entries", max(r[f"step_{opt}_exempt_entries"] for r in rows))
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -134,6 +220,20 @@ def test_round_trip_is_bit_exact(name, checkpoint, tmp_path):
     for key in a:
         assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
         assert a[key].tobytes() == b[key].tobytes(), f"{name}: {key} changed in the round trip"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_round_trip_from_jax_is_bit_exact(name, tmp_path):
+    """A JAX-initialised model: flax -> file -> torch -> file reproduces every tensor bit for bit."""
+    jax_model = zoo.load(name, backend="jax", pretrained=False, seed=5)
+    zoo.save(jax_model, tmp_path / "jax.safetensors")
+    zoo.save(zoo.load(str(tmp_path / "jax.safetensors"), backend="torch"), tmp_path / "torch.safetensors")
+    expected = JB.state_to_numpy(jax_model)
+    a, b = load_file(str(tmp_path / "jax.safetensors")), load_file(str(tmp_path / "torch.safetensors"))
+    assert set(a) == set(b) == set(expected)
+    for key in a:
+        assert a[key].dtype == b[key].dtype == expected[key].dtype and a[key].shape == b[key].shape, key
+        assert a[key].tobytes() == b[key].tobytes() == expected[key].tobytes(), f"{name}: {key} changed on the way to torch"
 
 
 @pytest.mark.parametrize("name", TEXT_MODELS)

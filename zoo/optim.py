@@ -42,8 +42,8 @@ def learning_rate(cfg: OptimizerConfig, step, xp=None):
         raise ValueError("the cosine schedule needs total_steps > 0 (the trainer sets it from epochs x steps)")
     if xp is None:
         import numpy as xp
-    step = xp.asarray(step, dtype=xp.float32)
-    factor = xp.asarray(1.0, dtype=xp.float32)
+    step = xp.asarray(step, dtype=float)  # float64 in NumPy (and in JAX with x64): torch gets cfg.lr exactly
+    factor = xp.asarray(1.0, dtype=step.dtype)
     if cfg.warmup_steps > 0:
         factor = xp.minimum(factor, (step + 1) / cfg.warmup_steps)
     if cfg.schedule == "cosine":

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn.attention import dot_product_attention_weights
 
 
 class BatchNorm(nnx.Module):
@@ -38,6 +39,14 @@ class BatchNorm(nnx.Module):
             self.var[...] = (1 - m) * self.var[...] + m * unbiased
             self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
         return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+
+
+def dot_product_attention(query, key, value, mask=None, **options) -> jax.Array:
+    """`nnx.dot_product_attention` without its shortcut to `jax.nn.dot_product_attention`, whose softmax
+    runs in float32 whatever the input's precision: this way the twins agree in float64 as well.
+    Takes `MultiHeadAttention`'s `attention_fn` arguments; (B, T, heads, head_dim) in and out."""
+    weights = dot_product_attention_weights(query, key, mask=mask, **options)  # (B, heads, T, T)
+    return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=options.get("precision"))
 
 
 def reverse_padded(x: jax.Array, lengths: jax.Array) -> jax.Array:

@@ -2,13 +2,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .layers import dot_product_attention
+
 
 class EncoderLayer(nnx.Module):
     """Pre-norm encoder block: LayerNorm, self-attention, residual; LayerNorm, MLP (exact GELU), residual."""
 
     def __init__(self, dim: int, num_heads: int, ff_dim: int, dropout: float, layer_norm_eps: float, *, rngs: nnx.Rngs):
         self.norm1 = nnx.LayerNorm(dim, epsilon=layer_norm_eps, use_fast_variance=False, rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(num_heads, dim, dropout_rate=dropout, broadcast_dropout=False, decode=False, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(num_heads, dim, dropout_rate=dropout, broadcast_dropout=False, decode=False,
+                                           attention_fn=dot_product_attention, rngs=rngs)
         self.norm2 = nnx.LayerNorm(dim, epsilon=layer_norm_eps, use_fast_variance=False, rngs=rngs)
         self.ff1 = nnx.Linear(dim, ff_dim, rngs=rngs)
         self.ff2 = nnx.Linear(ff_dim, dim, rngs=rngs)
