@@ -11,7 +11,6 @@ import copy
 import difflib
 import fnmatch
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,10 +139,6 @@ def update_entry(name: str, mutate) -> None:
     if name not in data["models"]:
         _entry(name)  # raises with suggestions
     mutate(data["models"][name])
-    tmp = REGISTRY_PATH.with_suffix(".json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, REGISTRY_PATH)
+    from .atomic import write_text_atomic
+
+    write_text_atomic(REGISTRY_PATH, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_text_atomic
 from ..backends import canonical_backend, get_backend
 from ..checkpoint import make_metadata, write_checkpoint
 from ..optim import OptimizerConfig
@@ -82,12 +83,6 @@ def evaluate(model, backend: str, data, spec, batch_size: int = 500, progress: b
         "n": int(len(data)),
         "predictions": predictions,
     }
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_training_state(out_dir: Path, backend, trainer, cfg: TrainConfig, epoch: int, step_in_epoch: int, history: list) -> None:
@@ -201,6 +196,6 @@ def fit(cfg: TrainConfig, out_dir: str | os.PathLike, data_dir: str | None = Non
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "config": cfg.to_dict(), "weights": str(final),
     }
-    _atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"{cfg.model} [{backend_name}]: test accuracy {100 * test['accuracy']:.2f} %")
     return summary
