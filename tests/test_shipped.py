@@ -92,6 +92,7 @@ def test_the_wheel_carries_the_weights_and_registry(tmp_path):
     (wheel,) = tmp_path.glob("zoo_twins-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"zoo/registry.json", "zoo/weights/imdb-wordlevel-10k.json", "zoo/assets/mnist_test_first16.npz"} <= names
+    assert {f"zoo/recipes/{name}.json" for name in PRETRAINED} <= names, "zoo train needs the recipes when installed"
     for name in PRETRAINED:
         info = model_info(name)
         assert f"zoo/weights/{info['weights'][info['default_tag']]['file']}" in names

@@ -33,7 +33,16 @@ def spec_from_checkpoint(ckpt: Checkpoint) -> ModelSpec:
         task=ckpt.metadata.get("task", ""),
         dataset=ckpt.metadata.get("dataset", ""),
         tokenizer_json=ckpt.tokenizer_json,
+        classifier=ckpt.metadata.get("classifier") or _registry_classifier(ckpt.arch, ckpt.model),
+        finetuned_from=ckpt.metadata.get("finetuned_from"),
     )
+
+
+def _registry_classifier(arch: str, model: str) -> str:
+    """Files written before checkpoints named their head: the registry's entry for that model, if any."""
+    if model in registry.list_models() and registry.get_spec(model).arch == arch:
+        return registry.get_spec(model).classifier
+    return ""
 
 
 def resolve_weights_file(name: str, tag: str | None = None) -> str:
@@ -76,20 +85,71 @@ def load_checkpoint_for(name_or_path: str, pretrained: bool = True) -> tuple[Mod
     return spec.replace(tokenizer_json=ckpt.tokenizer_json or spec.tokenizer_json), ckpt
 
 
-def load(name_or_path: str, backend: str = "torch", pretrained: bool = True, seed: int = 0, **overrides: Any):
+def load(name_or_path: str, backend: str = "torch", pretrained: bool = True, seed: int = 0, *,
+         num_classes: int | None = None, labels: list[str] | None = None, **overrides: Any):
     """A ready model: `torch.nn.Module` (backend="torch") or `flax.nnx.Module` (backend="jax"), in eval
-    mode, with `.zoo_spec` (preprocessing, labels, tokenizer). `name_or_path` is a registry name
-    (`cnn-mnist`, `cnn-mnist.TAG`), a Hub repo (`hf-hub:ORG/REPO[@REVISION]`), a `.safetensors` path or a
-    `file://` URL. `pretrained=False` gives the
-    framework's own random initialisation (seeded by `seed`). `overrides` change config values (e.g.
-    `dropout=0.0`) where the weights allow it."""
+    mode, with `.zoo_spec` describing exactly the model built (config, labels, preprocessing, tokenizer,
+    origin). `name_or_path` is a registry name (`cnn-mnist`, `cnn-mnist.TAG`), a Hub repo
+    (`hf-hub:ORG/REPO[@REVISION]`), a `.safetensors` path or a `file://` URL. `pretrained=False` gives the
+    framework's own random initialisation (seeded by `seed`).
+
+    `labels=[...]` or `num_classes=K` give the pretrained model a new classifier head: every other tensor
+    loads strictly, the head (the spec's `classifier` prefix) keeps its fresh, seeded initialisation, and
+    `zoo_spec.finetuned_from` names the weights it came from. The same labels in another order permute the
+    head's rows instead. `overrides` change other config values (e.g. `dropout=0.0`) where the weights allow."""
     b = get_backend(backend)
     spec, ckpt = load_checkpoint_for(name_or_path, pretrained)
     source = ckpt.path if ckpt else spec.name
-    model = b.build(spec, seed=seed, source=source, **overrides)
-    if ckpt is not None:
-        b.load_numpy_state(model, ckpt.tensors, source=ckpt.path)
+    spec, tensors = _with_head(spec, ckpt, name_or_path, num_classes, labels)
+    spec = spec.replace(config={**spec.config, **overrides})
+    model = b.build(spec, seed=seed, source=source)
+    if tensors is not None:
+        fresh = b.state_to_numpy(model) if tensors.keys() != ckpt.tensors.keys() else {}
+        b.load_numpy_state(model, {**{k: v for k, v in fresh.items() if k not in tensors}, **tensors}, source=ckpt.path)
     return model
+
+
+def head_keys(spec: ModelSpec, keys) -> list[str]:
+    """The tensors of the classifier head (`spec.classifier` prefix) among `keys`."""
+    if not spec.classifier:
+        raise ValueError(f"{spec.name}: its spec names no classifier head, so the labels cannot change")
+    return [k for k in keys if k.startswith(spec.classifier + ".")]
+
+
+def _with_head(spec: ModelSpec, ckpt: Checkpoint | None, origin: str, num_classes: int | None, labels: list[str] | None):
+    """The spec of the model to build for the wanted labels, and the checkpoint tensors to load into it
+    (None: nothing to load; without the head's keys: the head stays freshly initialised)."""
+    if labels is None and num_classes is None:
+        return spec, ckpt.tensors if ckpt else None
+    labels = [str(label) for label in labels] if labels is not None else None
+    if labels is not None and num_classes is not None and len(labels) != num_classes:
+        raise ValueError(f"{len(labels)} labels given, but num_classes={num_classes}")
+    if labels is not None and len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be distinct: {labels}")
+    k = len(labels) if labels is not None else num_classes
+    labels = labels if labels is not None else (list(spec.labels) if k == len(spec.labels) else [str(i) for i in range(k)])
+    if labels == list(spec.labels):
+        return spec, ckpt.tensors if ckpt else None
+    new = spec.replace(config={**spec.config, "num_classes": k}, labels=labels)
+    if ckpt is None:
+        return new, None
+    keys = head_keys(spec, ckpt.tensors)
+    if sorted(labels) == sorted(spec.labels):  # the same classes in another order: permute the head's rows
+        rows = [spec.labels.index(label) for label in labels]
+        return new, {n: (t[rows] if n in keys else t) for n, t in ckpt.tensors.items()}
+    return new.replace(finetuned_from=spec.finetuned_from or origin_name(origin)), {
+        n: t for n, t in ckpt.tensors.items() if n not in keys}
+
+
+def origin_name(origin: str) -> str:
+    """How a fine-tuned model names its start: `cnn-mnist.v1` for a registry model (its tag resolved),
+    the Hub id as given, or a file's name."""
+    if _is_hub(origin):
+        return origin
+    if _is_path(origin):
+        return os.path.basename(origin.removeprefix("file://"))
+    base, tag = registry.split_tag(origin)
+    return f"{base}.{registry.weights_entry(base, tag)['tag']}"
 
 
 def save(model, path: str | os.PathLike, spec: ModelSpec | None = None) -> Path:

@@ -63,7 +63,10 @@ def make_metadata(spec, written_by: str) -> dict[str, str]:
         "labels": json.dumps(list(spec.labels)),
         "task": spec.task,
         "dataset": spec.dataset,
+        "classifier": spec.classifier,
     }
+    if spec.finetuned_from:
+        meta["finetuned_from"] = spec.finetuned_from
     if spec.tokenizer_json:
         meta["tokenizer"] = spec.tokenizer_json
     return meta

@@ -1,24 +1,47 @@
-"""`zoo train`, `zoo eval`, `zoo ship`: training, measuring and shipping weights from the command line."""
+"""`zoo train`, `zoo finetune`, `zoo eval`, `zoo ship`: training, fine-tuning, measuring and shipping weights."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "recipes" / "configs"
+RECIPES = Path(__file__).with_name("recipes")  # installed with the package: the configs behind the shipped weights
 
 
-def _load_config(args):
+def recipe_path(config: str | None, model: str) -> Path | None:
+    """`--config`: a JSON file, or the name of a bundled recipe (`cnn-mnist-article`); default: the model's own."""
+    if config:
+        path = Path(config)
+        if path.is_file():
+            return path
+        if (RECIPES / f"{config}.json").is_file():
+            return RECIPES / f"{config}.json"
+        known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.json")))
+        raise FileNotFoundError(f"--config {config}: neither a file nor a bundled recipe (bundled: {known})")
+    path = RECIPES / f"{model}.json"
+    return path if path.is_file() else None
+
+
+def _load_config(args, model: str | None = None, recipe: bool = True):
+    """A TrainConfig: `--config` (or, with `recipe`, the model's bundled recipe), then the command-line options."""
     from .train import TrainConfig
 
-    path = Path(args.config) if args.config else CONFIG_DIR / f"{args.model}.json"
-    values = json.loads(path.read_text()) if path.is_file() else {"model": args.model}
-    values["model"] = args.model
+    model = model or args.model
+    path = recipe_path(args.config, model) if recipe or args.config else None
+    if path is None and recipe:
+        print(f"zoo: no recipe for {model}; training with the library's defaults", file=sys.stderr)
+    values = json.loads(path.read_text()) if path is not None else {}
+    values.pop("description", None)
+    values["model"] = model
     if args.backend:
         values["backend"] = args.backend
-    for key in ("epochs", "batch_size", "seed", "checkpoint_every", "max_train_examples"):
-        if getattr(args, key) is not None:
+    for key in ("epochs", "batch_size", "seed", "checkpoint_every", "max_train_examples", "init_from", "backbone_lr_scale",
+                "early_stopping_patience", "name"):
+        if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
+    if getattr(args, "freeze", None) is not None:
+        values["freeze"] = args.freeze if args.freeze in ("none", "backbone") else args.freeze.split(",")
     opt = values.setdefault("optimizer", {})
     for key, arg in (("name", "optimizer"), ("lr", "lr"), ("weight_decay", "weight_decay"), ("schedule", "schedule"),
                      ("momentum", "momentum"), ("warmup_steps", "warmup_steps")):
@@ -35,6 +58,26 @@ def _cmd_train(args) -> int:
     cfg = _load_config(args)
     out = args.out or f"runs/{cfg.model}-{cfg.backend}"
     fit(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_finetune(args) -> int:
+    """Start from a pretrained model (name[.tag], file or hf-hub: id), new head for the data's labels."""
+    from . import api
+    from .train import fit
+
+    base = api.load(args.base, backend=args.backend or "torch", pretrained=False)  # the architecture behind BASE
+    args.init_from = None if args.from_scratch else args.base
+    cfg = _load_config(args, model=base.zoo_spec.name, recipe=False)  # not the base's pretraining recipe: defaults
+    options = {"text_column": args.text_column, "image_column": args.image_column, "label_column": args.label_column,
+               "train_split": args.train_split, "validation_split": args.validation_split, "test_split": args.test_split,
+               "max_per_class": args.max_per_class, "max_examples": args.max_examples}
+    cfg.data = {"source": args.data, **{k: v for k, v in options.items() if v is not None}}
+    if args.resize or args.colour:
+        cfg.adapt = {"resize": args.resize, "colour": args.colour}
+    cfg.name = args.name or f"{base.zoo_spec.name}-finetuned"
+    out = args.out or f"runs/{cfg.name}-{cfg.backend}"
+    fit(cfg, out, data_dir=None, resume=args.resume, progress=not args.no_progress)
     return 0
 
 
@@ -112,11 +155,17 @@ def _cmd_ship(args) -> int:
     return 0
 
 
+def _add_finetune_options(p) -> None:
+    p.add_argument("--freeze", help="none, backbone (all but the classifier head), or comma-separated parameter prefixes")
+    p.add_argument("--backbone-lr-scale", type=float, help="learning rate of all but the head, relative to --lr")
+    p.add_argument("--early-stopping-patience", type=int, help="stop after N epochs without a better validation accuracy")
+
+
 def add_commands(sub) -> None:
-    p = sub.add_parser("train", help="train a model (config: recipes/configs/MODEL.json, overridable)")
+    p = sub.add_parser("train", help="train a model (config: the bundled recipe MODEL, overridable)")
     p.add_argument("model")
     p.add_argument("--backend", choices=["torch", "jax"])
-    p.add_argument("--config", help="JSON training config (default: recipes/configs/MODEL.json)")
+    p.add_argument("--config", help="a JSON training config, or a bundled recipe name (default: the model's own recipe)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
@@ -133,7 +182,43 @@ def add_commands(sub) -> None:
     p.add_argument("--data-dir", help="local folder with <dataset>/<split>.parquet (default $ZOO_DATA_DIR, else the Hub)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--init-from", help="start from these weights (registry name[.tag], .safetensors path, hf-hub:ORG/REPO)")
+    _add_finetune_options(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("finetune", help="fine-tune a pretrained model on your data (new head for its labels)")
+    p.add_argument("base", help="registry name[.tag], .safetensors path or hf-hub:ORG/REPO[@REV]")
+    p.add_argument("--data", required=True, help="a Hugging Face dataset id, a folder of <split>.parquet, a .csv or "
+                   ".jsonl file, or an image folder with one sub-folder per class")
+    p.add_argument("--backend", choices=["torch", "jax"])
+    p.add_argument("--config", help="a JSON training config or bundled recipe name (default: 5 epochs, constant lr)")
+    for column in ("text", "image", "label"):
+        p.add_argument(f"--{column}-column")
+    for split in ("train", "validation", "test"):
+        p.add_argument(f"--{split}-split", help=f"name of the {split} split")
+    p.add_argument("--max-per-class", type=int, help="a seeded, stratified few-shot subsample of train")
+    p.add_argument("--max-examples", type=int, help="a seeded, stratified subsample of train")
+    p.add_argument("--resize", choices=["mnist_frame", "resize"], help="image rule to the model's input size (recorded)")
+    p.add_argument("--colour", choices=["luma"], help="colour -> greyscale rule (recorded)")
+    p.add_argument("--from-scratch", action="store_true", help="same architecture, random initialisation (a baseline)")
+    p.add_argument("--name", help="the fine-tuned model's name (default BASE-finetuned)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=["constant", "cosine"])
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--augment", action=__import__("argparse").BooleanOptionalAction, default=None)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--max-train-examples", type=int)
+    p.add_argument("--out", help="output folder (default runs/NAME-BACKEND)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    _add_finetune_options(p)
+    p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("eval", help="accuracy on the full test split")
     p.add_argument("model")

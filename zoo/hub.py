@@ -128,6 +128,8 @@ def model_card(metadata: dict[str, str], repo_id: str, info: dict[str, Any] | No
     front += ["tags:", "  - pytorch", "  - jax", "  - flax", "  - safetensors", "  - zoo-twins"]
     if task:
         front += [f"pipeline_tag: {task}"]
+    if metadata.get("finetuned_from"):  # the Hub's own field for fine-tuned models
+        front += [f"base_model: {metadata['finetuned_from']}"]
     if metrics:
         front += ["model-index:", f"  - name: {model}", "    results:"]
         for backend, m in sorted(metrics.items()):
@@ -157,13 +159,16 @@ def model_card(metadata: dict[str, str], repo_id: str, info: dict[str, Any] | No
         footer.append(f"Dataset {dataset}: {DATASETS[dataset]['license']}.")
     if recipe:  # only the registry's own file has a known recipe
         footer.append(f"Recipe (reproduces `{registry_ref}`): `{recipe}`.")
+    finetuned = ""
+    if metadata.get("finetuned_from"):
+        finetuned = f"\nFine-tuned from `{metadata['finetuned_from']}` (labels: {metadata.get('labels')})."
     body = f"""
 # {model}
 
 A [zoo-twins](https://pypi.org/project/zoo-twins/) checkpoint: one `model.safetensors` that loads as a
 PyTorch `nn.Module` and as a Flax NNX module with the same outputs. Architecture `{metadata.get('arch')}`,
 config `{metadata.get('config')}`; preprocessing `{metadata.get('preprocessing')}` travels in the file.
-{info.get('description', '')}
+{info.get('description', '')}{finetuned}
 
 ## Usage
 

@@ -62,13 +62,25 @@ def torch_optimizer(params, cfg: OptimizerConfig):
 
 
 def set_torch_learning_rate(optimizer, cfg: OptimizerConfig, step: int) -> float:
+    """The schedule's rate for `step`, times each parameter group's `lr_scale` (fine-tuning's backbone scale)."""
     lr = float(learning_rate(cfg, step))
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr
 
 
-def optax_optimizer(cfg: OptimizerConfig):
+def optax_optimizer(cfg: OptimizerConfig, scaled=None, lr_scale: float = 1.0):
+    """The optax twin of `torch_optimizer`. `scaled(params)` -> a pytree of bools: those parameters' updates
+    are multiplied by `lr_scale` (the same as a torch parameter group with `lr * lr_scale`, decay included)."""
+    tx = _optax_base(cfg)
+    if scaled is None or lr_scale == 1.0:
+        return tx
+    import optax
+
+    return optax.chain(tx, optax.masked(optax.scale(lr_scale), scaled))
+
+
+def _optax_base(cfg: OptimizerConfig):
     import jax.numpy as jnp
     import optax
 

@@ -38,6 +38,8 @@ class ModelSpec:
     task: str = ""
     dataset: str = ""
     tokenizer_json: str | None = None  # text models: a Hugging Face `tokenizers` JSON document
+    classifier: str = ""  # the head's parameter prefix (timm's `classifier`): replaced when the labels change
+    finetuned_from: str | None = None  # the weights this model started from, when it has another head or data
 
     # Flax keeps the spec as static data in the graph definition, so jit caches key on it: compare and
     # hash by value (two loads of one model share compiled code).
@@ -110,6 +112,7 @@ def get_spec(name: str) -> ModelSpec:
         task=e.get("task", ""),
         dataset=e.get("dataset", ""),
         tokenizer_json=_bundled_tokenizer(e),
+        classifier=e.get("classifier", ""),
     )
 
 

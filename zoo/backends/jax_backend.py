@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +12,7 @@ from flax import nnx
 
 from .. import convert
 from ..architectures import model_class
+from ..flax_models.layers import BatchNorm
 from ..registry import ModelSpec
 
 NAME = "jax"
@@ -73,23 +77,55 @@ def gradients(model: nnx.Module, batch: np.ndarray, labels: np.ndarray) -> tuple
 
 @nnx.jit
 def _train_step(model, optimizer, x, y):
-    value, grads = nnx.value_and_grad(_loss)(model, x, y)
+    value, grads = nnx.value_and_grad(_loss, argnums=nnx.DiffState(0, optimizer.wrt))(model, x, y)
     optimizer.update(model, grads)
     return value
 
 
-class Trainer:
-    """Optimizer state plus the training step; `step` is the part a compiled variant replaces."""
+def _dotted(path) -> str:
+    """A Flax state path -> the PyTorch module path it mirrors (`('blocks', 0, 'conv1')` -> `blocks.0.conv1`)."""
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
-    def __init__(self, model: nnx.Module, cfg):
+
+@dataclass(frozen=True)
+class _Frozen:
+    """nnx filter: parameters inside a frozen part (hashable, so compiled steps are shared)."""
+
+    freeze: Any
+
+    def __call__(self, path, value) -> bool:
+        return self.freeze.is_frozen(_dotted(path))
+
+
+def train_mode(model: nnx.Module, freeze=None) -> None:
+    """Train mode, except BatchNorm inside a frozen part, which keeps its running statistics."""
+    model.train()
+    if freeze is not None:
+        for path, layer in nnx.iter_modules(model):
+            if isinstance(layer, BatchNorm) and freeze.is_frozen(_dotted(path)):
+                layer.use_running_average = True
+
+
+class Trainer:
+    """Optimizer state plus the training step; `step` is the part a compiled variant replaces.
+    `freeze` (zoo.train.freeze.Freeze): frozen parameters get no gradient and no optimizer state;
+    `backbone_lr_scale` multiplies the learning rate of everything but the classifier head."""
+
+    def __init__(self, model: nnx.Module, cfg, freeze=None, backbone_lr_scale: float = 1.0):
         from ..optim import optax_optimizer
 
-        self.model, self.cfg = model, cfg
-        self.optimizer = nnx.Optimizer(model, optax_optimizer(cfg), wrt=nnx.Param)
+        self.model, self.cfg, self.freeze = model, cfg, freeze
+        wrt = nnx.Param if freeze is None or freeze.mode == "none" else nnx.All(nnx.Param, nnx.Not(_Frozen(freeze)))
+
+        def scaled(params):  # the backbone: every trainable parameter outside the classifier head
+            return jax.tree_util.tree_map_with_path(lambda path, _: not freeze.is_head(_dotted(path[:-1])), params)
+
+        tx = optax_optimizer(cfg, scaled if freeze is not None else None, backbone_lr_scale)
+        self.optimizer = nnx.Optimizer(model, tx, wrt=wrt)
         self.steps_done = 0
 
     def step(self, batch: np.ndarray, labels: np.ndarray) -> float:
-        self.model.train()
+        train_mode(self.model, self.freeze)
         value = _train_step(self.model, self.optimizer, to_input(batch, self.model.zoo_spec), jnp.asarray(labels, jnp.int32))
         self.steps_done += 1
         return float(value)

@@ -60,24 +60,41 @@ def gradients(model: torch.nn.Module, batch: np.ndarray, labels: np.ndarray) -> 
     return float(value.detach()), {k: p.grad.numpy().copy() for k, p in model.named_parameters()}
 
 
-class Trainer:
-    """Optimizer state plus the training step; `step` is the part a compiled variant replaces."""
+def train_mode(model: torch.nn.Module, freeze=None) -> None:
+    """Train mode, except BatchNorm inside a frozen part, which keeps its running statistics."""
+    model.train()
+    if freeze is not None:
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and freeze.is_frozen(name):
+                module.eval()
 
-    def __init__(self, model: torch.nn.Module, cfg):
+
+class Trainer:
+    """Optimizer state plus the training step; `step` is the part a compiled variant replaces.
+    `freeze` (zoo.train.freeze.Freeze): frozen parameters get no gradient and no optimizer state;
+    `backbone_lr_scale` multiplies the learning rate of everything but the classifier head."""
+
+    def __init__(self, model: torch.nn.Module, cfg, freeze=None, backbone_lr_scale: float = 1.0):
         from ..optim import torch_optimizer
 
-        self.model, self.cfg = model, cfg
+        self.model, self.cfg, self.freeze = model, cfg, freeze
         if next(model.parameters()).device.type == "cpu":
             # Denormal numbers make the LSTM backward ~10x slower on CPU (5.97 s -> 0.62 s per 64x256 step).
             torch.set_flush_denormal(True)
-        self.optimizer = torch_optimizer(model.parameters(), cfg)
+        groups: dict[float, list] = {}
+        for name, p in model.named_parameters():
+            p.requires_grad_(freeze is None or not freeze.is_frozen(name))
+            if p.requires_grad:
+                head = freeze is None or freeze.is_head(name)
+                groups.setdefault(1.0 if head else backbone_lr_scale, []).append(p)
+        self.optimizer = torch_optimizer([{"params": ps, "lr_scale": scale} for scale, ps in groups.items()], cfg)
         self.steps_done = 0
 
     def step(self, batch: np.ndarray, labels: np.ndarray) -> float:
         from ..optim import set_torch_learning_rate
 
         set_torch_learning_rate(self.optimizer, self.cfg, self.steps_done)
-        self.model.train()
+        train_mode(self.model, self.freeze)
         self.optimizer.zero_grad(set_to_none=True)
         value = loss(self.model, batch, labels)
         value.backward()

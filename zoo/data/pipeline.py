@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..preprocess import normalise
 from ..registry import ModelSpec
 from . import load_split
 
@@ -29,8 +30,14 @@ class ArraySet:
         return ArraySet(self.inputs[index], self.labels[index])
 
 
-def _as_arrays(spec: ModelSpec, split) -> ArraySet:
+def arrays_for(spec: ModelSpec, split) -> ArraySet:
+    """A Split (raw images or texts) as the model's inputs: images adapted by the spec's recorded rule
+    (`preprocessing["adapt"]`, zoo.adapt) when it has one, texts encoded by its tokenizer."""
     if spec.preprocessing["kind"] == "image":
+        if spec.preprocessing.get("adapt"):
+            from ..adapt import adapt_images
+
+            return ArraySet(adapt_images(split.inputs, spec.preprocessing["adapt"], spec.preprocessing), split.labels)
         return ArraySet(split.inputs, split.labels)
     from ..text import encode
 
@@ -42,22 +49,16 @@ def _as_arrays(spec: ModelSpec, split) -> ArraySet:
 
 def load_eval_split(spec: ModelSpec, split: str = "test", data_dir=None) -> ArraySet:
     """One split of the model's dataset, ready for batching (no train split needed)."""
-    return _as_arrays(spec, load_split(spec.dataset, split, data_dir))
+    return arrays_for(spec, load_split(spec.dataset, split, data_dir))
 
 
 def load_datasets(spec: ModelSpec, data_dir=None, val_fraction: float = 0.1, seed: int = 0) -> dict[str, ArraySet]:
     """train / val (held out of train with a seeded permutation) / test, ready for batching."""
-    train = _as_arrays(spec, load_split(spec.dataset, "train", data_dir))
-    test = _as_arrays(spec, load_split(spec.dataset, "test", data_dir))
+    train = arrays_for(spec, load_split(spec.dataset, "train", data_dir))
+    test = arrays_for(spec, load_split(spec.dataset, "test", data_dir))
     order = np.random.default_rng([seed, 12345]).permutation(len(train))
     n_val = int(round(val_fraction * len(train)))
     return {"train": train.subset(np.sort(order[n_val:])), "val": train.subset(np.sort(order[:n_val])), "test": test}
-
-
-def normalise(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    p = spec.preprocessing
-    x = images.astype(np.float32) / np.float32(255.0)
-    return ((x - np.asarray(p["mean"], np.float32)) / np.asarray(p["std"], np.float32)).astype(np.float32)
 
 
 def augment_params(n: int, rng: np.random.Generator, max_shift: float = 2.0, max_rotate_deg: float = 10.0,
@@ -140,7 +141,7 @@ def batches(data: ArraySet, spec: ModelSpec, batch_size: int, *, seed: int = 0, 
             if augment:
                 params = augment_params(len(global_index), np.random.default_rng([seed, epoch, step]))
                 images = augment_images(images, params[mine])
-            yield normalise(images, spec), labels
+            yield normalise(images, spec.preprocessing), labels
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

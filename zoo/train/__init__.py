@@ -44,6 +44,14 @@ class TrainConfig:
     checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"dropout": 0.2}
     max_train_examples: int | None = None  # smoke tests and quick looks
+    # Fine-tuning: start from weights (registry name[.tag], path or hf-hub: id) instead of a random init.
+    init_from: str | None = None
+    freeze: str | list[str] = "none"  # none | backbone | a list of parameter-name prefixes
+    backbone_lr_scale: float = 1.0  # learning rate of everything but the classifier head, relative to `lr`
+    early_stopping_patience: int = 0  # stop after this many epochs without a better validation accuracy (0: never)
+    data: dict[str, Any] | None = None  # a fine-tuning data source: {"source": ..., zoo.data.sources.load_source options}
+    adapt: dict[str, Any] | None = None  # input adaptation rule (zoo.adapt), recorded in the checkpoint's preprocessing
+    name: str | None = None  # the trained model's name in its checkpoint (default: `model`)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -124,78 +132,153 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     os.replace(tmp, path)
 
 
+def prepare_model_and_data(cfg: TrainConfig, backend: str, data_dir: str | None = None):
+    """The model to train (random, or `init_from` with a head for the data's labels) and its data as
+    ArraySets (train / val / test; test may be None), ready for batching."""
+    from .. import api
+    from ..data.pipeline import arrays_for, load_datasets
+
+    b = get_backend(backend)
+    if cfg.data is None:  # the registry model's own dataset, validation held out of train
+        spec = get_spec(cfg.model)
+        if cfg.init_from:
+            model = api.load(cfg.init_from, backend=backend, seed=cfg.seed, **cfg.model_overrides)
+        else:
+            model = b.build(spec.replace(config={**spec.config, **cfg.model_overrides}), seed=cfg.seed)
+        data = load_datasets(model.zoo_spec, data_dir, cfg.val_fraction, cfg.seed)
+    else:
+        from ..data.sources import load_source
+
+        options = {k: v for k, v in cfg.data.items() if k != "source"}
+        base = api.load(cfg.init_from or cfg.model, backend=backend, pretrained=False)  # only its spec
+        source = load_source(cfg.data["source"], kind=base.zoo_spec.preprocessing["kind"], seed=cfg.seed,
+                             val_fraction=cfg.val_fraction, **options)
+        labels = source.label_names
+        if cfg.init_from:
+            model = api.load(cfg.init_from, backend=backend, seed=cfg.seed, labels=labels, **cfg.model_overrides)
+        else:
+            spec = base.zoo_spec
+            config = {**spec.config, **cfg.model_overrides, "num_classes": len(labels)}
+            model = b.build(spec.replace(config=config, labels=labels), seed=cfg.seed)
+        spec = model.zoo_spec
+        preprocessing = {**spec.preprocessing, "adapt": cfg.adapt} if cfg.adapt else spec.preprocessing
+        name = str(cfg.data["source"]).rstrip("/")  # a known dataset's folder name (usps) or a Hub id
+        dataset = name if not os.path.exists(name) else os.path.splitext(os.path.basename(name))[0]
+        model.zoo_spec = spec.replace(preprocessing=preprocessing, dataset=dataset)
+        data = {split: arrays_for(model.zoo_spec, getattr(source, split)) if getattr(source, split) is not None else None
+                for split in ("train", "val", "test")}
+        data["source"] = {"description": source.description}
+        if spec.preprocessing["kind"] == "text":  # the base tokenizer stays (its embedding rows are tied to it)
+            from ..adapt import unk_rate
+
+            data["source"]["unk_rate"] = unk_rate(source.train.inputs, spec.tokenizer_json)
+            print(f"unknown-token rate of the training text under {spec.name}'s tokenizer: {100 * data['source']['unk_rate']:.2f} %")
+    if cfg.init_from and not model.zoo_spec.finetuned_from:  # same labels, so the same head: still fine-tuned
+        model.zoo_spec = model.zoo_spec.replace(finetuned_from=api.origin_name(cfg.init_from))
+    if cfg.name:
+        model.zoo_spec = model.zoo_spec.replace(name=cfg.name)
+    if cfg.max_train_examples:
+        data["train"] = data["train"].subset(np.arange(min(cfg.max_train_examples, len(data["train"]))))
+    return model, data
+
+
+def best_epoch(history: list[dict]) -> dict:
+    """The epoch with the best validation accuracy (the earliest of equals)."""
+    return max(history, key=lambda h: (h["val_accuracy"], -h["epoch"]))
+
+
 def fit(cfg: TrainConfig, out_dir: str | os.PathLike, data_dir: str | None = None, resume: bool = False,
         progress: bool = True) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    from ..data.pipeline import batches, load_datasets, steps_per_epoch
-
+    """Train, keeping the epoch with the best validation accuracy as the result (`final.safetensors`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     backend_name = canonical_backend(cfg.backend)
     b = get_backend(backend_name)
-    spec = get_spec(cfg.model)
-    data = load_datasets(spec, data_dir, cfg.val_fraction, cfg.seed)
-    train = data["train"]
-    if cfg.max_train_examples:
-        train = train.subset(np.arange(min(cfg.max_train_examples, len(train))))
-    n_steps = steps_per_epoch(len(train), cfg.batch_size)
+    model, data = prepare_model_and_data(cfg, backend_name, data_dir)
+    from ..data.pipeline import steps_per_epoch
+    from .freeze import Freeze
+
+    n_steps = steps_per_epoch(len(data["train"]), cfg.batch_size)
     if cfg.optimizer.schedule != "constant" and cfg.optimizer.total_steps <= 0:
         cfg.optimizer.total_steps = n_steps * cfg.epochs
-    model = b.build(spec, seed=cfg.seed, **cfg.model_overrides)
-    trainer = b.Trainer(model, cfg.optimizer)
-    start_epoch, start_step, history, elapsed = 0, 0, [], 0.0
+    freeze = Freeze.from_config(cfg.freeze, model.zoo_spec.classifier)
+    trainer = b.Trainer(model, cfg.optimizer, freeze=freeze, backbone_lr_scale=cfg.backbone_lr_scale)
+    start_epoch, start_step, history = 0, 0, []
     state_path = out / STATE_FILE
     if resume and state_path.is_file():
         tensors, meta = load_training_state(state_path)
         b.restore_trainer_state(trainer, tensors, meta, str(state_path))
         start_epoch, start_step, history = meta["epoch"], meta["step_in_epoch"], meta["history"]
-        elapsed = history[-1]["elapsed_s"] if history else 0.0
         print(f"resuming {cfg.model} [{backend_name}] at epoch {start_epoch + 1}, step {start_step}")
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-
-    def checkpoint(epoch, step):
-        save_training_state(out, b, trainer, cfg, epoch, step, history)
-
+    write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     for epoch in range(start_epoch, cfg.epochs):
-        began = time.perf_counter()
-        losses = []
-        bar = tqdm(batches(train, spec, cfg.batch_size, seed=cfg.seed, epoch=epoch, augment=cfg.augment, start_step=start_step),
-                   total=n_steps, initial=start_step, desc=f"{cfg.model} [{backend_name}] epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, dynamic_ncols=True, mininterval=2.0)
-        for step, (x, y) in enumerate(bar, start=start_step):
-            losses.append(trainer.step(x, y))
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < n_steps:
-                checkpoint(epoch, step + 1)
-        bar.close()
+        if cfg.early_stopping_patience and history and history[-1]["epoch"] - best_epoch(history)["epoch"] >= cfg.early_stopping_patience:
+            print(f"early stop: no better validation accuracy for {cfg.early_stopping_patience} epochs")
+            break
+        run_epoch(cfg, b, trainer, data, epoch, start_step, n_steps, history, out, progress)
         start_step = 0
-        val = evaluate(model, backend_name, data["val"], spec, cfg.eval_batch_size)
-        elapsed += time.perf_counter() - began
-        from ..optim import learning_rate
+    return finish(cfg, b, model, data, history, out)
 
-        record = {"epoch": epoch + 1, "step": trainer.steps_done, "train_loss": float(np.mean(losses)) if losses else None,
-                  "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                  "lr": float(learning_rate(cfg.optimizer, max(trainer.steps_done - 1, 0))), "elapsed_s": round(elapsed, 1)}
-        history.append(record)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(json.dumps(record), flush=True)
-        model_spec = model.zoo_spec
-        write_checkpoint(out / f"epoch-{epoch + 1}.safetensors", b.state_to_numpy(model), make_metadata(model_spec, b.framework_version()))
-        plot_curves(history, out / "curves.png", f"{cfg.model} [{backend_name}]")
-        checkpoint(epoch + 1, 0)
+
+def run_epoch(cfg: TrainConfig, b, trainer, data: dict, epoch: int, start_step: int, n_steps: int, history: list,
+              out: Path, progress: bool) -> None:
+    """One epoch from `start_step`: steps, validation, metrics line, epoch checkpoint, plot, training state."""
+    from tqdm.auto import tqdm
+
+    from ..data.pipeline import batches
+
+    model, spec = trainer.model, trainer.model.zoo_spec
+    began = time.perf_counter()
+    elapsed = history[-1]["elapsed_s"] if history else 0.0
+    losses = []
+    bar = tqdm(batches(data["train"], spec, cfg.batch_size, seed=cfg.seed, epoch=epoch, augment=cfg.augment, start_step=start_step),
+               total=n_steps, initial=start_step, desc=f"{spec.name} [{b.NAME}] epoch {epoch + 1}/{cfg.epochs}",
+               disable=not progress, dynamic_ncols=True, mininterval=2.0)
+    for step, (x, y) in enumerate(bar, start=start_step):
+        losses.append(trainer.step(x, y))
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < n_steps:
+            save_training_state(out, b, trainer, cfg, epoch, step + 1, history)
+    bar.close()
+    val = evaluate(model, b.NAME, data["val"], spec, cfg.eval_batch_size)
+    from ..optim import learning_rate
+
+    record = {"epoch": epoch + 1, "step": trainer.steps_done, "train_loss": float(np.mean(losses)) if losses else None,
+              "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+              "lr": float(learning_rate(cfg.optimizer, max(trainer.steps_done - 1, 0))),
+              "elapsed_s": round(elapsed + time.perf_counter() - began, 1)}
+    history.append(record)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record), flush=True)
+    write_checkpoint(out / f"epoch-{epoch + 1}.safetensors", b.state_to_numpy(model), make_metadata(spec, b.framework_version()))
+    plot_curves(history, out / "curves.png", f"{spec.name} [{b.NAME}]")
+    save_training_state(out, b, trainer, cfg, epoch + 1, 0, history)
+
+
+def finish(cfg: TrainConfig, b, model, data: dict, history: list, out: Path) -> dict[str, Any]:
+    """Keep the best validation epoch as `final.safetensors`, measure it on test (once), write the summary."""
+    import shutil
+
+    from ..checkpoint import read_checkpoint
+
+    best = best_epoch(history)
     final = out / "final.safetensors"
-    write_checkpoint(final, b.state_to_numpy(model), make_metadata(model.zoo_spec, b.framework_version()))
-    test = evaluate(model, backend_name, data["test"], spec, cfg.eval_batch_size)
+    shutil.copyfile(out / f"epoch-{best['epoch']}.safetensors", final)
+    b.load_numpy_state(model, read_checkpoint(final).tensors, str(final))
+    spec = model.zoo_spec
+    test = evaluate(model, b.NAME, data["test"], spec, cfg.eval_batch_size) if data.get("test") is not None else None
     summary = {
-        "model": cfg.model, "backend": backend_name, "framework": b.framework_version(), "epochs": cfg.epochs,
-        "final_val_accuracy": history[-1]["val_accuracy"] if history else None, "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"], "train_wall_time_s": history[-1]["elapsed_s"] if history else 0.0,
+        "model": spec.name, "backend": b.NAME, "framework": b.framework_version(), "epochs": cfg.epochs,
+        "epochs_run": history[-1]["epoch"], "best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"],
+        "final_val_accuracy": history[-1]["val_accuracy"],
+        "test_accuracy": test["accuracy"] if test else None, "test_loss": test["loss"] if test else None,
+        "train_wall_time_s": history[-1]["elapsed_s"],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "config": cfg.to_dict(), "weights": str(final),
+        "config": cfg.to_dict(), "weights": str(final), "finetuned_from": spec.finetuned_from, "data": data.get("source"),
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    print(f"{cfg.model} [{backend_name}]: test accuracy {100 * test['accuracy']:.2f} %")
+    where = f"best validation epoch {best['epoch']} of {history[-1]['epoch']} ({100 * best['val_accuracy']:.2f} %)"
+    print(f"{spec.name} [{b.NAME}]: {where}" + (f"; test accuracy {100 * test['accuracy']:.2f} %" if test else "; no test split"))
     return summary
