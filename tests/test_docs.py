@@ -32,3 +32,37 @@ def test_readme_quick_starts_run_as_written(tmp_path, monkeypatch):
 
     ta, tb = load_bytes(a), load_bytes(b)
     assert set(ta) == set(tb) and all(ta[k].tobytes() == tb[k].tobytes() for k in ta)
+
+
+def test_readme_parity_and_mutation_tables_are_generated_from_the_reports():
+    from zoo.docs import mutation_table, parity_table
+
+    readme = (ROOT / "README.md").read_text()
+    assert parity_table() in readme, "README parity table is stale: run `python -m zoo.docs --write`"
+    assert mutation_table() in readme, "README mutation table is stale: run `python -m zoo.docs --write`"
+
+
+def test_parity_report_measured_the_current_code_for_every_model():
+    import json
+
+    import zoo
+    from zoo.docs import PARITY_REPORT, parity_source_digest, required_checks
+
+    report = json.loads(PARITY_REPORT.read_text())
+    assert report["source_sha256"] == parity_source_digest(), (
+        "reports/parity.json was measured on other code: run the parity suite, then `python -m zoo.docs --parity-report --write`")
+    for name in zoo.list_models():
+        assert set(required_checks(name)) <= set(report["measurements"][name]), name
+        assert report["measurements"][name]["float64_seeds"] >= 20, name
+
+
+def test_readme_finetuning_example_runs_as_written(tmp_path, monkeypatch, data_dir):
+    """The Python fine-tuning example (JAX fine-tuning, PyTorch use) runs verbatim on the real USPS data."""
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## Fine-tuning\n.*?```python\n.*?```.*?```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ZOO_DATA_DIR", str(data_dir))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["tuned"].zoo_spec.finetuned_from == "cnn-mnist.v1"
+    assert namespace["summary"]["test_accuracy"] > 0.9
