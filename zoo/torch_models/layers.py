@@ -1,0 +1,70 @@
+"""PyTorch layers that mirror the Flax twins' layers (`zoo/flax_models/layers.py`) call for call."""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence's first `length` steps in place, leaving the padding where it is.
+    (B, T, ...) -> (B, T, ...); applying it twice gives `x` back."""
+    t = torch.arange(x.shape[1], device=x.device)[None, :]
+    index = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)
+    return torch.gather(x, 1, index[..., None].expand_as(x))
+
+
+class _Masked:
+    """`forward(x, lengths)` over right-padded batches, as the Flax `RNN`; `forward(x)` is torch's own (packed
+    sequences too). Same result as packed sequences, but through the fused kernel: PyTorch's packed backward
+    on CPU zero-fills a full-size gradient per time step (SliceBackward0), 5-13x slower on IMDb batches."""
+
+    def _direction(self, x: torch.Tensor, lengths: torch.Tensor, layer: int, suffix: str):
+        """One direction of one layer with its own parameters; the backward direction reads each sequence
+        reversed within its length. Returns the outputs (zero past each end) and the state after the last real token."""
+        params = [getattr(self, f"{name}_l{layer}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        if suffix:
+            x = reverse_padded(x, lengths)
+        zeros = x.new_zeros(1, x.shape[0], self.hidden_size)
+        if self.mode == "LSTM":
+            out = torch.ops.aten.lstm(x, [zeros, zeros], params, True, 1, 0.0, self.training, False, True)[0]
+        else:
+            out = torch.ops.aten.gru(x, zeros, params, True, 1, 0.0, self.training, False, True)[0]
+        mask = torch.arange(x.shape[1], device=x.device)[None, :, None] < lengths[:, None, None]
+        last = out[torch.arange(x.shape[0], device=x.device), lengths - 1]
+        out = out * mask
+        return (reverse_padded(out, lengths) if suffix else out), last
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        """x: (B, T, input_size); lengths: (B,) >= 1. Returns outputs (B, T, D*H) and the final hidden
+        states (num_layers * D, B, H) in PyTorch's `h_n` order."""
+        if lengths is None:
+            return super().forward(x)
+        finals = []
+        for layer in range(self.num_layers):
+            if layer > 0:
+                x = F.dropout(x, self.dropout, self.training)  # between layers only, as torch.nn.LSTM(dropout=...)
+            outs = []
+            for suffix in ("", "_reverse") if self.bidirectional else ("",):
+                out, h = self._direction(x, lengths, layer, suffix)
+                outs.append(out)
+                finals.append(h)
+            x = torch.cat(outs, dim=-1)
+        return x, torch.stack(finals)
+
+
+class MaskedLSTM(_Masked, nn.LSTM):
+    pass
+
+
+class MaskedGRU(_Masked, nn.GRU):
+    pass
+
+
+def RNN(mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+        dropout: float = 0.0) -> nn.Module:
+    """Multi-layer, optionally bidirectional LSTM or GRU, batch-first: a `torch.nn.LSTM` / `torch.nn.GRU` (same
+    parameters, same state dict) whose `forward(x, lengths)` is the Flax twin's `RNN.__call__`."""
+    if mode not in ("lstm", "gru"):
+        raise ValueError(f"RNN mode must be 'lstm' or 'gru', got {mode!r}")
+    cls = MaskedLSTM if mode == "lstm" else MaskedGRU
+    return cls(input_size, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional, dropout=dropout)
