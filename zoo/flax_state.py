@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .atomic import write_bytes_atomic
 from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 
 
@@ -20,9 +21,7 @@ def safetensors_to_msgpack(src: str, dst: str | os.PathLike) -> Path:
     model = api.load(src, backend="jax")
     payload = {"zoo_metadata": ckpt.metadata, "state": nnx.to_pure_dict(nnx.state(model, (nnx.Param, nnx.BatchStat)))}  # no RNG state
     dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.write_bytes(serialization.msgpack_serialize(payload))
-    os.replace(tmp, dst)
+    write_bytes_atomic(dst, serialization.msgpack_serialize(payload))
     return dst
 
 

@@ -71,7 +71,8 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None)
     images = np.stack([np.asarray(im.convert("L")) for im in tqdm(ds["image"], desc=f"decoding {name}/{split}", leave=False)])
     images = images[..., None].astype(np.uint8)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(f".{cached.stem}.tmp.npz")
-    np.savez(tmp, images=images)
-    os.replace(tmp, cached)
+    from ..atomic import atomic_path
+
+    with atomic_path(cached, suffix=".npz") as tmp:
+        np.savez(tmp, images=images)
     return Split(name, split, images, labels)

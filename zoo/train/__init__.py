@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import write_text_atomic
+from ..atomic import atomic_path, write_text_atomic
 from ..backends import canonical_backend, get_backend
 from ..checkpoint import make_metadata, write_checkpoint
+from ..numerics import log_softmax
 from ..optim import OptimizerConfig
 from ..registry import get_spec
 
@@ -82,8 +83,7 @@ def evaluate(model, backend: str, data, spec, batch_size: int = 500, progress: b
     for x, _ in it:
         logits.append(b.logits(model, x))
     logits = np.concatenate(logits).astype(np.float64)[np.argsort(order)]  # back to the data's order
-    shifted = logits - logits.max(1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    log_probs = log_softmax(logits)
     predictions = logits.argmax(1)
     return {
         "accuracy": float((predictions == data.labels).mean()),
@@ -126,10 +126,9 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     ax_acc.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def prepare_model_and_data(cfg: TrainConfig, backend: str, data_dir: str | None = None):
