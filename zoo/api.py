@@ -11,7 +11,8 @@ import numpy as np
 
 from . import registry
 from .backends import backend_of, canonical_backend, get_backend
-from .checkpoint import Checkpoint, CheckpointError, make_metadata, read_checkpoint, sha256_file, write_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, make_metadata, read_checkpoint, write_checkpoint
+from .fetch import download, parse_hub_name, resolve_weights_file  # noqa: F401 (zoo.api.resolve_weights_file)
 from .registry import ModelSpec
 
 
@@ -45,30 +46,10 @@ def _registry_classifier(arch: str, model: str) -> str:
     return ""
 
 
-def resolve_weights_file(name: str, tag: str | None = None) -> str:
-    """Local path of a registry model's weights, verified against the registry's sha256: the file bundled
-    with the package, else the entry's Hub copy (`hf_hub_id`: ORG/REPO[@REVISION])."""
-    entry = registry.weights_entry(name, tag)
-    path = registry.WEIGHTS_DIR / entry["file"]
-    if not path.is_file():
-        if entry.get("hf_hub_id"):
-            from . import hub
-
-            repo_id, revision = hub.parse_hub_name(entry["hf_hub_id"])
-            return hub.download(repo_id, revision, entry.get("hf_hub_filename", hub.CHECKPOINT_FILE), sha256=entry.get("sha256"))
-        raise FileNotFoundError(f"{path}: weights file of {name}.{entry['tag']} is missing from the installation")
-    digest = sha256_file(path)
-    if entry.get("sha256") and digest != entry["sha256"]:
-        raise CheckpointError(f"{path}: sha256 {digest} does not match the registry's {entry['sha256']} for {name}.{entry['tag']}")
-    return str(path)
-
-
 def load_checkpoint_for(name_or_path: str, pretrained: bool = True) -> tuple[ModelSpec, Checkpoint | None]:
     """The spec and (when weights are wanted) the verified checkpoint behind a name, a Hub id or a path."""
     if _is_hub(name_or_path):
-        from . import hub
-
-        ckpt = read_checkpoint(hub.download(*hub.parse_hub_name(name_or_path)))
+        ckpt = read_checkpoint(download(*parse_hub_name(name_or_path)))
         return spec_from_checkpoint(ckpt), ckpt
     if _is_path(name_or_path):
         path = name_or_path.removeprefix("file://")
@@ -190,8 +171,9 @@ class Pipeline:
 
     def __call__(self, inputs: Any) -> Prediction:
         logits = np.asarray(self._b.logits(self.model, self.preprocess(inputs)), dtype=np.float32)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        from .numerics import softmax
+
+        probs = softmax(logits)
         idx = logits.argmax(axis=1)
         labels = [self.spec.labels[i] if i < len(self.spec.labels) else str(i) for i in idx]
         return Prediction(labels=labels, indices=idx, probabilities=probs.astype(np.float32), logits=logits)

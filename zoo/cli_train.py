@@ -83,6 +83,7 @@ def _cmd_finetune(args) -> int:
 
 def _cmd_eval(args) -> int:
     from . import api
+    from .checkpoint import sha256_file
     from .data.pipeline import load_eval_split
     from .registry import update_entry
     from .train import evaluate
@@ -91,10 +92,10 @@ def _cmd_eval(args) -> int:
     if args.record:
         # Refuse before measuring (minutes on a CPU): --record describes the registry's default weights only.
         entry = api.registry.weights_entry(args.model)
-        digest = api.sha256_file(api.resolve_weights_file(args.model))
-        if args.weights and api.sha256_file(args.weights) != digest:
+        digest = sha256_file(api.resolve_weights_file(args.model))
+        if args.weights and sha256_file(args.weights) != digest:
             raise ValueError(f"--record measures the registry's default weights {args.model}.{entry['tag']} (sha256 {digest}); "
-                             f"{args.weights} is a different file (sha256 {api.sha256_file(args.weights)}): nothing evaluated or recorded")
+                             f"{args.weights} is a different file (sha256 {sha256_file(args.weights)}): nothing evaluated or recorded")
     model = api.load(source, backend=args.backend)
     spec = model.zoo_spec
     if args.weights:

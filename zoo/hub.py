@@ -17,61 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError, sha256_file
-
-PREFIX = "hf-hub:"
-CHECKPOINT_FILE = "model.safetensors"
-
-
-def parse_hub_name(name: str) -> tuple[str, str | None]:
-    """`hf-hub:org/repo@rev` -> ("org/repo", "rev"); also accepts the old `hf_hub:` spelling."""
-    original = name
-    for prefix in (PREFIX, "hf_hub:"):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-            break
-    repo_id, _, revision = name.partition("@")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"{original}: expected {PREFIX}ORG/REPO[@REVISION]")
-    return repo_id, revision or None
-
-
-def _evict(path: str) -> None:
-    """Remove a downloaded file from the cache: the snapshot pointer and the blob it points to."""
-    real = os.path.realpath(path)
-    for p in {path, real}:
-        try:
-            os.remove(p)
-        except FileNotFoundError:
-            pass
-
-
-def download(repo_id: str, revision: str | None = None, filename: str = CHECKPOINT_FILE, sha256: str | None = None) -> str:
-    """Local path of `filename` from the Hub repo (cached); verified against `sha256` when given."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-
-    where = f"{PREFIX}{repo_id}" + (f"@{revision}" if revision else "")
-    try:
-        path = hf_hub_download(repo_id, filename, revision=revision)
-    except LocalEntryNotFoundError as e:
-        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-            raise FileNotFoundError(f"{where}: {filename} is not in the local cache and HF_HUB_OFFLINE=1 forbids downloading it; "
-                                    "load it once online (or unset HF_HUB_OFFLINE)") from None
-        raise FileNotFoundError(f"{where}: could not download {filename} and it is not cached ({e})") from None
-    except RepositoryNotFoundError:
-        raise FileNotFoundError(f"{where}: no such repository on the Hub (or no access to it)") from None
-    except RevisionNotFoundError:
-        raise FileNotFoundError(f"{where}: the repository has no revision {revision!r}") from None
-    except EntryNotFoundError:
-        raise FileNotFoundError(f"{where}: the repository has no file {filename!r}") from None
-    if sha256:
-        digest = sha256_file(path)
-        if digest != sha256:
-            _evict(path)
-            raise CheckpointError(f"{where}/{filename}: downloaded file has sha256 {digest}, the registry expects {sha256}; "
-                                  "refused and removed from the cache")
-    return path
+from .checkpoint import sha256_file
+from .fetch import CHECKPOINT_FILE, PREFIX, download, parse_hub_name, resolve_weights_file  # noqa: F401 (public here too)
 
 
 def find_registry_weights(digest: str) -> tuple[str, dict[str, Any]] | None:
@@ -202,7 +149,7 @@ def prepare_folder(model_or_file: Any, folder: str | os.PathLike, repo_id: str, 
     if isinstance(model_or_file, (str, os.PathLike)):
         source = str(model_or_file)
         if not os.path.exists(source) and not source.endswith(".safetensors"):
-            source = api.resolve_weights_file(*registry.split_tag(source))
+            source = resolve_weights_file(*registry.split_tag(source))
         shutil.copyfile(source, target)
     else:
         api.save(model_or_file, target)

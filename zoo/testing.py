@@ -26,9 +26,10 @@ def example_batch(spec: ModelSpec, batch_size: int, seed: int = 0) -> tuple[np.n
     labels = rng.integers(0, len(spec.labels) or 2, size=batch_size)
     p = spec.preprocessing
     if p["kind"] == "image":
-        x = rng.integers(0, 256, size=(batch_size, p["height"], p["width"], p["channels"])).astype(np.float32)
-        x = (x / 255.0 - np.asarray(p["mean"], np.float32)) / np.asarray(p["std"], np.float32)
-        return x.astype(np.float32), labels
+        from .preprocess import normalise
+
+        pixels = rng.integers(0, 256, size=(batch_size, p["height"], p["width"], p["channels"])).astype(np.uint8)
+        return normalise(pixels, p), labels
     max_len, pad_id = p["max_len"], p["pad_id"]
     lengths = rng.integers(1, max_len + 1, size=batch_size)
     lengths[0] = 1

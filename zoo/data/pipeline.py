@@ -95,14 +95,11 @@ def augment_images(images: np.ndarray, rng_or_params: np.random.Generator | np.n
 
 
 def pad_tokens(seqs: np.ndarray, pad_id: int, multiple: int = PAD_MULTIPLE, max_len: int | None = None) -> np.ndarray:
-    longest = max(len(s) for s in seqs)
-    width = -(-longest // multiple) * multiple
-    if max_len is not None:
-        width = min(width, max_len)
-    out = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
-    return out
+    """Right-pad a batch to the next multiple of `multiple` (at most `max_len`): few shapes, few compilations."""
+    from ..text import pad
+
+    width = -(-max(len(s) for s in seqs) // multiple) * multiple
+    return pad(seqs, pad_id, width=min(width, max_len) if max_len is not None else width)
 
 
 def epoch_order(n: int, seed: int, epoch: int, batch_size: int, lengths: np.ndarray | None = None) -> np.ndarray:
