@@ -137,8 +137,8 @@ def sources(tmp_path_factory, data_dir):
     return root
 
 
-@pytest.mark.parametrize("kind, backend", [("usps-parquet", "jax"), ("usps-folder", "torch"), ("rt-parquet", "torch"),
-                                           ("rt-csv", "jax"), ("rt-jsonl", "torch")])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["usps-parquet", "usps-folder", "rt-parquet", "rt-csv", "rt-jsonl"])
 def test_zoo_finetune_on_each_source_kind_then_the_other_backend(sources, kind, backend, tmp_path):
     from zoo.cli import main
 
