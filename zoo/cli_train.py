@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -156,7 +157,22 @@ def _cmd_ship(args) -> int:
     return 0
 
 
-def _add_finetune_options(p) -> None:
+def _add_training_options(p) -> None:
+    """Options shared by `zoo train` and `zoo finetune`: they override the recipe or config file."""
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=["constant", "cosine"])
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every", type=int, help="also save the training state every N steps")
+    p.add_argument("--max-train-examples", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
+    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--freeze", help="none, backbone (all but the classifier head), or comma-separated parameter prefixes")
     p.add_argument("--backbone-lr-scale", type=float, help="learning rate of all but the head, relative to --lr")
     p.add_argument("--early-stopping-patience", type=int, help="stop after N epochs without a better validation accuracy")
@@ -167,24 +183,10 @@ def add_commands(sub) -> None:
     p.add_argument("model")
     p.add_argument("--backend", choices=["torch", "jax"])
     p.add_argument("--config", help="a JSON training config, or a bundled recipe name (default: the model's own recipe)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    p.add_argument("--lr", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", choices=["constant", "cosine"])
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--augment", action=__import__("argparse").BooleanOptionalAction, default=None)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--checkpoint-every", type=int, help="also save the training state every N steps")
-    p.add_argument("--max-train-examples", type=int)
     p.add_argument("--out", help="output folder (default runs/MODEL-BACKEND)")
     p.add_argument("--data-dir", help="local folder with <dataset>/<split>.parquet (default $ZOO_DATA_DIR, else the Hub)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
-    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--init-from", help="start from these weights (registry name[.tag], .safetensors path, hf-hub:ORG/REPO)")
-    _add_finetune_options(p)
+    _add_training_options(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("finetune", help="fine-tune a pretrained model on your data (new head for its labels)")
@@ -192,7 +194,7 @@ def add_commands(sub) -> None:
     p.add_argument("--data", required=True, help="a Hugging Face dataset id, a folder of <split>.parquet, a .csv or "
                    ".jsonl file, or an image folder with one sub-folder per class")
     p.add_argument("--backend", choices=["torch", "jax"])
-    p.add_argument("--config", help="a JSON training config or bundled recipe name (default: 5 epochs, constant lr)")
+    p.add_argument("--config", help="a JSON training config or bundled recipe name (default: 5 epochs, AdamW, constant lr)")
     for column in ("text", "image", "label"):
         p.add_argument(f"--{column}-column")
     for split in ("train", "validation", "test"):
@@ -203,22 +205,8 @@ def add_commands(sub) -> None:
     p.add_argument("--colour", choices=["luma"], help="colour -> greyscale rule (recorded)")
     p.add_argument("--from-scratch", action="store_true", help="same architecture, random initialisation (a baseline)")
     p.add_argument("--name", help="the fine-tuned model's name (default BASE-finetuned)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    p.add_argument("--lr", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", choices=["constant", "cosine"])
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--augment", action=__import__("argparse").BooleanOptionalAction, default=None)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--max-train-examples", type=int)
     p.add_argument("--out", help="output folder (default runs/NAME-BACKEND)")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    _add_finetune_options(p)
+    _add_training_options(p)
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("eval", help="accuracy on the full test split")
