@@ -264,7 +264,8 @@ def finish(cfg: TrainConfig, b, model, data: dict, history: list, out: Path) -> 
 
     best = best_epoch(history)
     final = out / "final.safetensors"
-    shutil.copyfile(out / f"epoch-{best['epoch']}.safetensors", final)
+    with atomic_path(final) as tmp:
+        shutil.copyfile(out / f"epoch-{best['epoch']}.safetensors", tmp)
     b.load_numpy_state(model, read_checkpoint(final).tensors, str(final))
     spec = model.zoo_spec
     test = evaluate(model, b.NAME, data["test"], spec, cfg.eval_batch_size) if data.get("test") is not None else None
