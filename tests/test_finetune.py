@@ -144,7 +144,7 @@ def test_zoo_finetune_on_each_source_kind_then_the_other_backend(sources, kind, 
 
     data = {"usps-parquet": sources / "usps", "usps-folder": sources / "usps-folder", "rt-parquet": sources / "rt",
             "rt-csv": sources / "rt.csv", "rt-jsonl": sources / "rt.jsonl"}[kind]
-    base = "cnn-mnist" if kind.startswith("usps") else "gru-imdb"
+    base = "cnn-mnist" if kind.startswith("usps") else "lstm-imdb"  # pretrained in JAX and in PyTorch
     extra = ["--resize", "mnist_frame"] if base == "cnn-mnist" else []
     out = tmp_path / "run"
     assert main(["finetune", base, "--data", str(data), "--backend", backend, "--epochs", "2", "--freeze", "backbone",
