@@ -67,16 +67,16 @@ def _cmd_finetune(args) -> int:
     from . import api
     from .train import fit
 
-    base = api.load(args.base, backend=args.backend or "torch", pretrained=False)  # the architecture behind BASE
+    base, _ = api.load_checkpoint_for(args.base, pretrained=False)  # the architecture behind BASE
     args.init_from = None if args.from_scratch else args.base
-    cfg = _load_config(args, model=base.zoo_spec.name, recipe=False)  # not the base's pretraining recipe: defaults
+    cfg = _load_config(args, model=base.name, recipe=False)  # not the base's pretraining recipe: defaults
     options = {"text_column": args.text_column, "image_column": args.image_column, "label_column": args.label_column,
                "train_split": args.train_split, "validation_split": args.validation_split, "test_split": args.test_split,
                "max_per_class": args.max_per_class, "max_examples": args.max_examples}
     cfg.data = {"source": args.data, **{k: v for k, v in options.items() if v is not None}}
     if args.resize or args.colour:
         cfg.adapt = {"resize": args.resize, "colour": args.colour}
-    cfg.name = args.name or f"{base.zoo_spec.name}-finetuned"
+    cfg.name = args.name or f"{base.name}-finetuned"
     out = args.out or f"runs/{cfg.name}-{cfg.backend}"
     fit(cfg, out, data_dir=None, resume=args.resume, progress=not args.no_progress)
     return 0

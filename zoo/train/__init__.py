@@ -149,14 +149,13 @@ def prepare_model_and_data(cfg: TrainConfig, backend: str, data_dir: str | None 
         from ..data.sources import load_source
 
         options = {k: v for k, v in cfg.data.items() if k != "source"}
-        base = api.load(cfg.init_from or cfg.model, backend=backend, pretrained=False)  # only its spec
-        source = load_source(cfg.data["source"], kind=base.zoo_spec.preprocessing["kind"], seed=cfg.seed,
+        spec, _ = api.load_checkpoint_for(cfg.init_from or cfg.model, pretrained=False)  # the architecture, not its weights
+        source = load_source(cfg.data["source"], kind=spec.preprocessing["kind"], seed=cfg.seed,
                              val_fraction=cfg.val_fraction, **options)
         labels = source.label_names
         if cfg.init_from:
             model = api.load(cfg.init_from, backend=backend, seed=cfg.seed, labels=labels, **cfg.model_overrides)
         else:
-            spec = base.zoo_spec
             config = {**spec.config, **cfg.model_overrides, "num_classes": len(labels)}
             model = b.build(spec.replace(config=config, labels=labels), seed=cfg.seed)
         spec = model.zoo_spec
