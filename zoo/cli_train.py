@@ -106,13 +106,10 @@ def _cmd_eval(args) -> int:
     print(json.dumps({"model": args.model, "backend": args.backend, "weights": source, "test_accuracy": result["accuracy"],
                       "test_loss": result["loss"], "n": result["n"]}))
     if args.record:
-        from ._version import __version__
-        from .backends import get_backend
+        from .train import recorded_metrics
 
         def record(e):
-            e["weights"][entry["tag"]].setdefault("metrics", {})[args.backend] = {
-                "test_accuracy": round(result["accuracy"], 6), "test_loss": round(result["loss"], 6), "n": result["n"],
-                "framework": get_backend(args.backend).framework_version(), "zoo_version": __version__}
+            e["weights"][entry["tag"]].setdefault("metrics", {})[args.backend] = recorded_metrics(result, args.backend)
 
         update_entry(args.model, record)
         print(f"recorded {args.backend} test accuracy of {args.model}.{entry['tag']} in the registry")

@@ -37,10 +37,8 @@ def measure(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) 
     """Metrics of the file at `path` on the full test split of its dataset, in both backends
     (what `zoo push --evaluate` reports)."""
     from . import api
-    from ._version import __version__
-    from .backends import get_backend
     from .data.pipeline import load_eval_split
-    from .train import evaluate
+    from .train import evaluate, recorded_metrics
 
     metrics, test = {}, None
     for backend in ("torch", "jax"):
@@ -50,9 +48,7 @@ def measure(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) 
             raise ValueError(f"{path}: the file's metadata names no dataset, so there is no test split to evaluate it on")
         if test is None:  # one split serves both backends
             test = load_eval_split(spec, "test", data_dir)
-        result = evaluate(model, backend, test, spec)
-        metrics[backend] = {"test_accuracy": result["accuracy"], "test_loss": round(result["loss"], 6), "n": result["n"],
-                            "framework": get_backend(backend).framework_version(), "zoo_version": __version__}
+        metrics[backend] = recorded_metrics(evaluate(model, backend, test, spec), backend)
     return metrics
 
 

@@ -93,6 +93,14 @@ def evaluate(model, backend: str, data, spec, batch_size: int = 500, progress: b
     }
 
 
+def recorded_metrics(result: dict[str, Any], backend: str) -> dict[str, Any]:
+    """An `evaluate` result as the metrics recorded with weights (`zoo eval --record`, `zoo push --evaluate`)."""
+    from .._version import __version__
+
+    return {"test_accuracy": round(result["accuracy"], 6), "test_loss": round(result["loss"], 6), "n": result["n"],
+            "framework": get_backend(backend).framework_version(), "zoo_version": __version__}
+
+
 def save_training_state(out_dir: Path, backend, trainer, cfg: TrainConfig, epoch: int, step_in_epoch: int, history: list) -> None:
     tensors, meta = backend.trainer_state(trainer)
     meta = {"config": cfg.to_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch, "history": history, **meta}
