@@ -13,6 +13,7 @@ import pytest
 
 import zoo
 from zoo.backends import get_backend
+from zoo.data.sources import load_source
 from zoo.optim import OptimizerConfig
 from zoo.testing import example_batch
 from zoo.train.freeze import Freeze
@@ -151,12 +152,20 @@ def test_zoo_finetune_on_each_source_kind_then_the_other_backend(sources, kind, 
                  "--batch-size", "32", "--out", str(out), "--no-progress", "--seed", "1", *extra]) == 0
     summary = json.loads((out / "summary.json").read_text())
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    best = max(history, key=lambda h: (h["val_accuracy"], -h["epoch"]))
+    best = max(history, key=lambda h: (h["val_accuracy"], -h["val_loss"], -h["epoch"]))
     assert summary["best_epoch"] == best["epoch"] and summary["finetuned_from"] == f"{base}.v1"
     assert (out / "final.safetensors").read_bytes() == (out / f"epoch-{best['epoch']}.safetensors").read_bytes()
     tuned = zoo.load(str(out / "final.safetensors"), backend=OTHER[backend])
     spec = tuned.zoo_spec
     assert spec.name == f"{base}-finetuned" and spec.finetuned_from == f"{base}.v1"
+    test = load_source(str(data), kind=spec.preprocessing["kind"]).test
+    if test is None:  # a single-file source: no test split, so no test figures at all
+        assert summary["test_accuracy"] is None and summary["test_accuracy_per_class"] is None
+    else:  # per class: keyed by label name, in label order; weighs back to the total
+        per_class = summary["test_accuracy_per_class"]
+        counts = {spec.labels[c]: n for c, n in enumerate(np.bincount(np.asarray(test.labels), minlength=len(spec.labels))) if n}
+        assert list(per_class) == list(counts)
+        assert sum(per_class[k] * n for k, n in counts.items()) / sum(counts.values()) == pytest.approx(summary["test_accuracy"], abs=1e-12)
     if base == "cnn-mnist":
         assert spec.preprocessing["adapt"] == {"resize": "mnist_frame", "colour": None} and spec.labels == [str(i) for i in range(10)]
         import io

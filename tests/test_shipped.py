@@ -18,7 +18,8 @@ from zoo.train import evaluate
 
 PRETRAINED = zoo.list_models(pretrained=True)
 ROOT = Path(__file__).resolve().parents[1]
-SLICE_SIZE = {"mnist": 500, "imdb": 1000}  # examples of each test split the fast check evaluates
+SLICE_SIZE = {"mnist": 500, "imdb": 1000, "usps": 2007, "rotten_tomatoes": 1066}  # examples each fast check evaluates (USPS, RT: all)
+FINETUNED = [n for n in PRETRAINED if model_info(n).get("finetuned_from")]
 _slices = {}  # one encoded slice per dataset and preprocessing: tokenising all 25000 reviews takes seconds
 
 
@@ -83,6 +84,29 @@ def test_shipped_weights_reproduce_the_recorded_accuracy_in_both_backends(name, 
     assert abs(results["torch"]["accuracy"] - results["jax"]["accuracy"]) <= 0.0005  # 0.05 percentage points
     agreement = (results["torch"]["predictions"] == results["jax"]["predictions"]).mean()
     assert agreement >= 0.999, f"{name}: backends agree on only {100 * agreement:.3f} % of predictions"
+
+
+@pytest.mark.parametrize("name", FINETUNED)
+def test_a_shipped_finetuned_model_names_its_base_and_both_datasets(name, tmp_path):
+    """Its recorded start is a shipped registry model of the same architecture; the file, the recipe and the
+    Hub card all name that base, and the card states the licences of both datasets."""
+    from zoo.data import DATASETS
+    from zoo.hub import prepare_folder
+    from zoo.registry import split_tag
+
+    info = model_info(name)
+    base, tag = split_tag(info["finetuned_from"])
+    base_info = model_info(base)
+    assert tag in base_info["weights"] and base_info["arch"] == info["arch"]
+    assert {**base_info["config"], "num_classes": len(info["labels"])} == info["config"]
+    weights = info["weights"][info["default_tag"]]
+    assert weights["config"]["init_from"] == info["finetuned_from"], "the recipe must start from the recorded base"
+    assert read_checkpoint(resolve_weights_file(name)).metadata["finetuned_from"] == info["finetuned_from"]
+    card = (prepare_folder(name, tmp_path, f"me/{name}") / "README.md").read_text()
+    assert f"base_model: {info['finetuned_from']}" in card
+    for dataset in (info["dataset"], base_info["dataset"]):
+        assert DATASETS[dataset]["license"] in card, f"{name}: the card lacks {dataset}'s licence"
+    assert "test accuracy (torch)" in card and "test accuracy (jax)" in card
 
 
 @pytest.mark.slow

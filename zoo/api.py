@@ -118,7 +118,7 @@ def _with_head(spec: ModelSpec, ckpt: Checkpoint | None, origin: str, num_classe
     if sorted(labels) == sorted(spec.labels):  # the same classes in another order: permute the head's rows
         rows = [spec.labels.index(label) for label in labels]
         return new, {n: (t[rows] if n in keys else t) for n, t in ckpt.tensors.items()}
-    return new.replace(finetuned_from=spec.finetuned_from or origin_name(origin)), {
+    return new.replace(finetuned_from=origin_name(origin)), {  # the immediate parent, like the Hub's base_model
         n: t for n, t in ckpt.tensors.items() if n not in keys}
 
 

@@ -131,6 +131,9 @@ def _cmd_ship(args) -> int:
         # the check `zoo.load` makes: never ship a file that loading the model would then refuse
         raise ValueError(f"{args.weights}: holds architecture {ckpt.arch} {ckpt.config} with preprocessing {ckpt.preprocessing}, "
                          f"but {args.model} is {spec.arch} {spec.config} with {spec.preprocessing}; nothing shipped")
+    if ckpt.metadata.get("finetuned_from") != spec.finetuned_from:
+        raise ValueError(f"{args.weights}: started from {ckpt.metadata.get('finetuned_from')!r}, but the registry says "
+                         f"{args.model} is fine-tuned from {spec.finetuned_from!r}; nothing shipped")
     run_dir = Path(args.weights).parent
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     digest = sha256_file(args.weights)

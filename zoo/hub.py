@@ -52,6 +52,18 @@ def measure(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) 
     return metrics
 
 
+def base_dataset(finetuned_from: str | None) -> str | None:
+    """The dataset a fine-tuned model's base was trained on, where the base is a registry model."""
+    from . import registry
+
+    if not finetuned_from:
+        return None
+    try:
+        return registry.model_info(registry.split_tag(finetuned_from)[0]).get("dataset") or None
+    except registry.UnknownModelError:  # a Hub id or a file: its dataset is not known here
+        return None
+
+
 def model_card(metadata: dict[str, str], repo_id: str, info: dict[str, Any] | None, provenance: dict[str, Any]) -> str:
     """A Hub model card: YAML front matter plus usage for both backends. Metrics and recipe come only from
     `provenance` (see `prepare_folder`): a card never claims figures measured on another file."""
@@ -64,10 +76,11 @@ def model_card(metadata: dict[str, str], repo_id: str, info: dict[str, Any] | No
     hub_dataset = DATASETS.get(dataset, {}).get("hub")
     metrics = provenance.get("metrics") or {}
     source, registry_ref, recipe = provenance.get("metrics_source"), provenance.get("registry_weights"), provenance.get("recipe")
-    license_id = {"mnist": "cc-by-sa-3.0"}.get(dataset, "other")
+    datasets = [dataset] + [d for d in [base_dataset(metadata.get("finetuned_from"))] if d and d != dataset]  # this, then the base's
+    license_id = "cc-by-sa-3.0" if datasets == ["mnist"] else "other"
     front = ["---", "library_name: zoo-twins", f"license: {license_id}"]
-    if hub_dataset:
-        front += ["datasets:", f"  - {hub_dataset}"]
+    if any(DATASETS.get(d, {}).get("hub") for d in datasets):
+        front += ["datasets:"] + [f"  - {DATASETS[d]['hub']}" for d in datasets if DATASETS.get(d, {}).get("hub")]
     front += ["tags:", "  - pytorch", "  - jax", "  - flax", "  - safetensors", "  - zoo-twins"]
     if task:
         front += [f"pipeline_tag: {task}"]
@@ -98,8 +111,9 @@ def model_card(metadata: dict[str, str], repo_id: str, info: dict[str, Any] | No
                    "was pushed without `zoo push --evaluate`, so this card reports no test metrics.\n")
     footer = [f"File sha256 `{provenance.get('sha256')}`.",
               f"Written by {metadata.get('written_by', '?')}, zoo {metadata.get('zoo_version', '?')}."]
-    if DATASETS.get(dataset, {}).get("license"):
-        footer.append(f"Dataset {dataset}: {DATASETS[dataset]['license']}.")
+    for d in datasets:
+        if DATASETS.get(d, {}).get("license"):
+            footer.append(f"{'Dataset' if d == dataset else 'Base model trained on'} {d}: {DATASETS[d]['license']}.")
     if recipe:  # only the registry's own file has a known recipe
         footer.append(f"Recipe (reproduces `{registry_ref}`): `{recipe}`.")
     finetuned = ""
@@ -165,8 +179,10 @@ def prepare_folder(model_or_file: Any, folder: str | os.PathLike, repo_id: str, 
     config = {"library_name": "zoo-twins", "format": ckpt.metadata["format"], "model": name, "architecture": ckpt.arch,
               "config": ckpt.config, "preprocessing": ckpt.preprocessing, "labels": ckpt.labels,
               "zoo_version": ckpt.metadata.get("zoo_version"), "written_by": ckpt.metadata.get("written_by"), **provenance}
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (folder / "README.md").write_text(model_card(ckpt.metadata, repo_id, info, provenance))
+    from .atomic import write_text_atomic
+
+    write_text_atomic(folder / "config.json", json.dumps(config, indent=2) + "\n")
+    write_text_atomic(folder / "README.md", model_card(ckpt.metadata, repo_id, info, provenance))
     return folder
 
 

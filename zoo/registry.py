@@ -113,6 +113,7 @@ def get_spec(name: str) -> ModelSpec:
         dataset=e.get("dataset", ""),
         tokenizer_json=_bundled_tokenizer(e),
         classifier=e.get("classifier", ""),
+        finetuned_from=e.get("finetuned_from"),
     )
 
 

@@ -16,7 +16,8 @@ DATASETS = {
     "mnist": {"hub": "ylecun/mnist", "kind": "image", "input": "image", "license": "CC BY-SA 3.0"},
     "usps": {"hub": None, "kind": "image", "input": "image", "license": "no explicit license (AT&T Research / ESL)"},
     "imdb": {"hub": "stanfordnlp/imdb", "kind": "text", "input": "text", "license": "research use (Maas et al., ACL 2011)"},
-    "rotten_tomatoes": {"hub": "cornell-movie-review-data/rotten_tomatoes", "kind": "text", "input": "text", "license": "CC BY 4.0"},
+    "rotten_tomatoes": {"hub": "cornell-movie-review-data/rotten_tomatoes", "kind": "text", "input": "text", "license": "CC BY 4.0",
+                        "validation": "validation"},
 }
 
 

@@ -53,9 +53,15 @@ def load_eval_split(spec: ModelSpec, split: str = "test", data_dir=None) -> Arra
 
 
 def load_datasets(spec: ModelSpec, data_dir=None, val_fraction: float = 0.1, seed: int = 0) -> dict[str, ArraySet]:
-    """train / val (held out of train with a seeded permutation) / test, ready for batching."""
+    """train / val / test, ready for batching: the dataset's own validation split where it has one
+    (Rotten Tomatoes), else one held out of train with a seeded permutation."""
+    from . import DATASETS
+
     train = arrays_for(spec, load_split(spec.dataset, "train", data_dir))
     test = arrays_for(spec, load_split(spec.dataset, "test", data_dir))
+    if DATASETS[spec.dataset].get("validation"):
+        return {"train": train, "val": arrays_for(spec, load_split(spec.dataset, DATASETS[spec.dataset]["validation"], data_dir)),
+                "test": test}
     order = np.random.default_rng([seed, 12345]).permutation(len(train))
     n_val = int(round(val_fraction * len(train)))
     return {"train": train.subset(np.sort(order[n_val:])), "val": train.subset(np.sort(order[:n_val])), "test": test}

@@ -93,6 +93,13 @@ def evaluate(model, backend: str, data, spec, batch_size: int = 500, progress: b
     }
 
 
+def per_class_accuracy(predictions: np.ndarray, labels: np.ndarray, names: list[str] | None) -> dict[str, float]:
+    """Accuracy over each true class's examples, keyed by the class's label (its index where there are none)."""
+    classes = range(len(names)) if names else np.unique(labels)
+    return {str(names[c]) if names else str(int(c)): float((predictions[labels == c] == c).mean())
+            for c in classes if (labels == c).any()}
+
+
 def recorded_metrics(result: dict[str, Any], backend: str) -> dict[str, Any]:
     """An `evaluate` result as the metrics recorded with weights (`zoo eval --record`, `zoo push --evaluate`)."""
     from .._version import __version__
@@ -146,12 +153,19 @@ def prepare_model_and_data(cfg: TrainConfig, backend: str, data_dir: str | None 
     from ..data.pipeline import arrays_for, load_datasets
 
     b = get_backend(backend)
-    if cfg.data is None:  # the registry model's own dataset, validation held out of train
+    if cfg.data is None:  # the registry model's own dataset (validation: its own split, else held out of train)
         spec = get_spec(cfg.model)
+        spec = spec.replace(config={**spec.config, **cfg.model_overrides})
         if cfg.init_from:
-            model = api.load(cfg.init_from, backend=backend, seed=cfg.seed, **cfg.model_overrides)
+            model = api.load(cfg.init_from, backend=backend, seed=cfg.seed, labels=spec.labels, **cfg.model_overrides)
+            if model.zoo_spec.name != spec.name:  # a registry model fine-tuned from another (cnn-usps from cnn-mnist)
+                base = model.zoo_spec
+                if (base.arch, base.config) != (spec.arch, spec.config):
+                    raise ValueError(f"{cfg.model} is {spec.arch} {spec.config}, but init_from {cfg.init_from!r} holds "
+                                     f"{base.arch} {base.config}: the weights cannot start this model")
+                model.zoo_spec = spec
         else:
-            model = b.build(spec.replace(config={**spec.config, **cfg.model_overrides}), seed=cfg.seed)
+            model = b.build(spec, seed=cfg.seed)
         data = load_datasets(model.zoo_spec, data_dir, cfg.val_fraction, cfg.seed)
     else:
         from ..data.sources import load_source
@@ -179,7 +193,7 @@ def prepare_model_and_data(cfg: TrainConfig, backend: str, data_dir: str | None 
 
             data["source"]["unk_rate"] = unk_rate(source.train.inputs, spec.tokenizer_json)
             print(f"unknown-token rate of the training text under {spec.name}'s tokenizer: {100 * data['source']['unk_rate']:.2f} %")
-    if cfg.init_from and not model.zoo_spec.finetuned_from:  # same labels, so the same head: still fine-tuned
+    if cfg.init_from:  # the weights it starts from, whatever the head (the Hub's base_model: the immediate parent)
         model.zoo_spec = model.zoo_spec.replace(finetuned_from=api.origin_name(cfg.init_from))
     if cfg.name:
         model.zoo_spec = model.zoo_spec.replace(name=cfg.name)
@@ -189,8 +203,9 @@ def prepare_model_and_data(cfg: TrainConfig, backend: str, data_dir: str | None 
 
 
 def best_epoch(history: list[dict]) -> dict:
-    """The epoch with the best validation accuracy (the earliest of equals)."""
-    return max(history, key=lambda h: (h["val_accuracy"], -h["epoch"]))
+    """The epoch with the best validation accuracy; among equals (a small validation set saturates), the lower
+    validation loss, then the earlier epoch."""
+    return max(history, key=lambda h: (h["val_accuracy"], -h["val_loss"], -h["epoch"]))
 
 
 def fit(cfg: TrainConfig, out_dir: str | os.PathLike, data_dir: str | None = None, resume: bool = False,
@@ -279,8 +294,10 @@ def finish(cfg: TrainConfig, b, model, data: dict, history: list, out: Path) -> 
     summary = {
         "model": spec.name, "backend": b.NAME, "framework": b.framework_version(), "epochs": cfg.epochs,
         "epochs_run": history[-1]["epoch"], "best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"],
+        "best_val_loss": best["val_loss"],
         "final_val_accuracy": history[-1]["val_accuracy"],
         "test_accuracy": test["accuracy"] if test else None, "test_loss": test["loss"] if test else None,
+        "test_accuracy_per_class": per_class_accuracy(test["predictions"], data["test"].labels, spec.labels) if test else None,
         "train_wall_time_s": history[-1]["elapsed_s"],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "config": cfg.to_dict(), "weights": str(final), "finetuned_from": spec.finetuned_from, "data": data.get("source"),
