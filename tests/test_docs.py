@@ -1,3 +1,4 @@
+import json
 import re
 from pathlib import Path
 
@@ -40,6 +41,19 @@ def test_readme_parity_and_mutation_tables_are_generated_from_the_reports():
     readme = (ROOT / "README.md").read_text()
     assert parity_table() in readme, "README parity table is stale: run `python -m zoo.docs --write`"
     assert mutation_table() in readme, "README mutation table is stale: run `python -m zoo.docs --write`"
+
+
+def test_readme_finetuning_study_table_is_generated_from_the_study_results():
+    from zoo.docs import FINETUNE_STUDY, finetune_table
+
+    readme = (ROOT / "README.md").read_text()
+    assert finetune_table() in readme, "README fine-tuning table is stale: run `python -m zoo.docs --write`"
+    study = json.loads(FINETUNE_STUDY.read_text())
+    for part, model in {("usps", "cnn-mnist"), ("rt", "gru-imdb")}:  # the shipped models' study: three seeds at every size
+        sizes = {str(p["size"]) for p in study["points"] if (p["part"], p["model"], p["init"]) == (part, model, "finetuned")}
+        assert sizes == {"10", "100", "all"} if part == "usps" else {"100", "1000", "all"}, (part, model, sizes)
+        assert all(p["seeds"] >= 3 for p in study["points"] if (p["part"], p["model"], p["backend"]) == (part, model, "torch")
+                   and not p["init"].startswith("zero-shot")), (part, model)
 
 
 def test_parity_report_measured_the_current_code_for_every_model():
