@@ -46,7 +46,7 @@ def main() -> None:
             b = get_backend(backend)
             model = zoo.load(name, backend=backend, pretrained=False)
             row[f"{backend}_forward_s"] = round(median_seconds(lambda b=b, m=model: b.logits(m, x), args.repeats), 4)  # noqa: B023
-            trainer = b.Trainer(model, OptimizerConfig(name="adamw", lr=1e-3))
+            trainer = b.trainer(model, OptimizerConfig(name="adamw", lr=1e-3))
             row[f"{backend}_train_step_s"] = round(median_seconds(lambda t=trainer: t.step(x, y), args.repeats), 4)  # noqa: B023
         row["jax/torch forward"] = round(row["jax_forward_s"] / row["torch_forward_s"], 2)
         row["jax/torch step"] = round(row["jax_train_step_s"] / row["torch_train_step_s"], 2)

@@ -72,7 +72,7 @@ class Twins:
         self.overrides = {k: 0.0 for k in self.spec.config if "dropout" in k}
         self.torch_model = torch_float64(zoo.load(name, backend="torch", pretrained=False, **self.overrides))
         self.jax_model = flax_float64(zoo.load(name, backend="jax", pretrained=False, **self.overrides))
-        self.trainers = {label: JB.Trainer(self.jax_model, cfg) for label, cfg in OPTIMIZERS.items()}
+        self.trainers = {label: JB.trainer(self.jax_model, cfg) for label, cfg in OPTIMIZERS.items()}
         self.fresh_optimizers = {label: nnx.clone(t.optimizer) for label, t in self.trainers.items()}
 
     def reset(self, tensors: dict[str, np.ndarray]) -> None:
@@ -105,7 +105,7 @@ def measure(twins: Twins, seed: int, steps: int) -> dict:
     for label, cfg in OPTIMIZERS.items():
         twins.reset(tensors)
         torch_model, jax_model = twins.torch_model, twins.jax_model
-        torch_trainer, jax_trainer = TB.Trainer(torch_model, cfg), twins.trainers[label]
+        torch_trainer, jax_trainer = TB.trainer(torch_model, cfg), twins.trainers[label]
         tiny = {k: np.zeros(p.shape, bool) for k, p in torch_model.named_parameters()}
         for x, y in batches:
             torch_trainer.step(x, y)

@@ -80,7 +80,7 @@ def test_frozen_parameters_and_their_batchnorm_statistics_stay_put(backend):
     b = get_backend(backend)
     model = zoo.load("resnet-mnist", backend=backend, labels=["a", "b", "c"], dropout=0.0)
     before = b.state_to_numpy(model)
-    trainer = b.Trainer(model, OptimizerConfig(name="adamw", lr=1e-2, weight_decay=1e-2), freeze=Freeze.from_config("backbone", "fc"))
+    trainer = b.trainer(model, OptimizerConfig(name="adamw", lr=1e-2, weight_decay=1e-2), freeze=Freeze.from_config("backbone", "fc"))
     for seed in range(3):
         trainer.step(*example_batch(model.zoo_spec, 8, seed=seed))
     after = b.state_to_numpy(model)
@@ -97,7 +97,7 @@ def test_frozen_parameters_and_their_batchnorm_statistics_stay_put(backend):
 
     partial = zoo.load("resnet-mnist", backend=backend, dropout=0.0)
     frozen = Freeze.from_config(["stem_conv", "stem_bn", "blocks.0"], "fc")
-    trainer = b.Trainer(partial, OptimizerConfig(name="sgd", lr=1e-2), freeze=frozen)
+    trainer = b.trainer(partial, OptimizerConfig(name="sgd", lr=1e-2), freeze=frozen)
     start = b.state_to_numpy(partial)
     trainer.step(*example_batch(partial.zoo_spec, 8, seed=0))
     end = b.state_to_numpy(partial)
@@ -203,7 +203,7 @@ def test_finetuning_trajectories_agree_across_frameworks(sources, optimizer, tmp
                                 adapt={"resize": "mnist_frame"}, freeze=["conv1"], backbone_lr_scale=0.1)
         model, data = prepare_model_and_data(train_cfg, backend)
         b = get_backend(backend)
-        trainer = b.Trainer(model, cfg, freeze=Freeze.from_config(["conv1"], "fc2"), backbone_lr_scale=0.1)
+        trainer = b.trainer(model, cfg, freeze=Freeze.from_config(["conv1"], "fc2"), backbone_lr_scale=0.1)
         from zoo.data.pipeline import batches
 
         before = b.state_to_numpy(model)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -175,8 +176,8 @@ def test_full_training_step_matches(name, optimizer, checkpoint, record_measurem
         before = TB.state_to_numpy(torch_model)
         torch_grads = {k: g + cfg.weight_decay * before[k] for k, g in torch_grads.items()}
         jax_grads = {k: g + cfg.weight_decay * before[k] for k, g in jax_grads.items()}
-    TB.Trainer(torch_model, cfg).step(x, y)
-    JB.Trainer(jax_model, cfg).step(x, y)
+    TB.trainer(torch_model, cfg).step(x, y)
+    JB.trainer(jax_model, cfg).step(x, y)
     torch_state, jax_state = TB.state_to_numpy(torch_model), JB.state_to_numpy(jax_model)
     worst, noisy, entries = 0.0, 0, 0
     for key in torch_state:
@@ -222,6 +223,36 @@ def test_float64_gradients_and_steps_match(name, record_measurement):
         for opt in ("sgd", "adam", "adamw"):
             record_measurement(member, f"float64_step_{opt}_violation", max(r[f"step_{opt}_max_violation"] for r in rows))
             record_measurement(member, f"float64_step_{opt}_exempt_entries", max(r[f"step_{opt}_exempt_entries"] for r in rows))
+
+
+GPU = torch.cuda.is_available() and any(d.platform == "gpu" for d in jax.devices())
+
+
+@pytest.mark.skipif(not GPU, reason="no GPU visible to both PyTorch and JAX here; these checks run wherever one is")
+@pytest.mark.parametrize("name", MODELS)
+def test_logits_gradients_and_sgd_step_match_on_gpu(name, checkpoint, record_measurement):
+    """The same checks on the GPU (TF32 off in torch, `highest` matmul precision in JAX, as everywhere):
+    logits, gradients on a kink-clear batch, and one SGD step, to the CPU tolerances."""
+    from zoo.backends import backend_for
+
+    path = checkpoint(name)
+    torch_model = zoo.load(path, backend="torch", device="cuda", **no_dropout(name))
+    jax_model = zoo.load(path, backend="jax", device="gpu", **no_dropout(name))
+    tb, jb = backend_for(torch_model), backend_for(jax_model)
+    assert str(tb.device).startswith("cuda") and jb.device.platform == "gpu"
+    x, _ = example_batch(torch_model.zoo_spec, 64, seed=64)
+    record_measurement(name, "gpu_logits_b64", assert_close(jb.logits(jax_model, x), tb.logits(torch_model, x), f"{name} GPU logits"))
+    x, y, _ = kink_clear_batch(zoo.load(path, backend="torch", **no_dropout(name)), GRAD_BATCH)
+    (torch_loss, torch_grads), (jax_loss, jax_grads) = tb.gradients(torch_model, x, y), jb.gradients(jax_model, x, y)
+    assert_close(jax_loss, torch_loss, f"{name} GPU loss")
+    record_measurement(name, "gpu_gradients", max(assert_close(jax_grads[k], torch_grads[k], f"{name} GPU grad {k}") for k in torch_grads))
+    cfg = OptimizerConfig(name="sgd", lr=1e-3, momentum=0.9, weight_decay=1e-2)
+    tb.trainer(torch_model, cfg).step(x, y)
+    jb.trainer(jax_model, cfg).step(x, y)
+    torch_state, jax_state = tb.state_to_numpy(torch_model), jb.state_to_numpy(jax_model)
+    worst = max(float(np.abs(jax_state[k].astype(np.float64) - torch_state[k]).max(initial=0)) for k in torch_state)
+    assert worst <= 1e-2 * cfg.lr, f"{name}: GPU parameters after one SGD step differ by {worst:.3g}"
+    record_measurement(name, "gpu_train_step_sgd", worst)
 
 
 @pytest.mark.parametrize("name", MODELS)

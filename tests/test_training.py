@@ -29,7 +29,7 @@ def test_training_trajectories_agree_across_frameworks(data_dir, tmp_path, optim
     losses = {}
     for backend in ("torch", "jax"):
         b = get_backend(backend)
-        trainer = b.Trainer(zoo.load(str(tmp_path / "init.safetensors"), backend=backend), cfg)
+        trainer = b.trainer(zoo.load(str(tmp_path / "init.safetensors"), backend=backend), cfg)
         losses[backend] = [trainer.step(x, y) for _, (x, y) in zip(range(30), batches(data, spec, 64, seed=1), strict=False)]
     assert losses["torch"][-1] < losses["torch"][0] * 0.7, "the model should learn"
     np.testing.assert_allclose(losses["jax"], losses["torch"], atol=1e-3, rtol=0)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import registry
-from .backends import backend_of, canonical_backend, get_backend
+from .backends import backend_for, backend_of, canonical_backend, get_backend, unwrap
 from .checkpoint import Checkpoint, CheckpointError, make_metadata, read_checkpoint, write_checkpoint
 from .fetch import download, parse_hub_name, resolve_weights_file  # noqa: F401 (zoo.api.resolve_weights_file)
 from .registry import ModelSpec
@@ -67,18 +67,19 @@ def load_checkpoint_for(name_or_path: str, pretrained: bool = True) -> tuple[Mod
 
 
 def load(name_or_path: str, backend: str = "torch", pretrained: bool = True, seed: int = 0, *,
-         num_classes: int | None = None, labels: list[str] | None = None, **overrides: Any):
+         num_classes: int | None = None, labels: list[str] | None = None, device: Any = None, **overrides: Any):
     """A ready model: `torch.nn.Module` (backend="torch") or `flax.nnx.Module` (backend="jax"), in eval
     mode, with `.zoo_spec` describing exactly the model built (config, labels, preprocessing, tokenizer,
     origin). `name_or_path` is a registry name (`cnn-mnist`, `cnn-mnist.TAG`), a Hub repo
     (`hf-hub:ORG/REPO[@REVISION]`), a `.safetensors` path or a `file://` URL. `pretrained=False` gives the
-    framework's own random initialisation (seeded by `seed`).
+    framework's own random initialisation (seeded by `seed`). `device`: where the weights live ("cpu", "cuda",
+    "cuda:1" for torch, default CPU; "cpu", "gpu", "gpu:1" or a jax.Device for JAX, default JAX's default device).
 
     `labels=[...]` or `num_classes=K` give the pretrained model a new classifier head: every other tensor
     loads strictly, the head (the spec's `classifier` prefix) keeps its fresh, seeded initialisation, and
     `zoo_spec.finetuned_from` names the weights it came from. The same labels in another order permute the
     head's rows instead. `overrides` change other config values (e.g. `dropout=0.0`) where the weights allow."""
-    b = get_backend(backend)
+    b = get_backend(backend, device=device)
     spec, ckpt = load_checkpoint_for(name_or_path, pretrained)
     source = ckpt.path if ckpt else spec.name
     spec, tensors = _with_head(spec, ckpt, name_or_path, num_classes, labels)
@@ -134,8 +135,9 @@ def origin_name(origin: str) -> str:
 
 
 def save(model, path: str | os.PathLike, spec: ModelSpec | None = None) -> Path:
-    """Write `model` (either backend) as the one checkpoint format, atomically."""
-    spec = spec or getattr(model, "zoo_spec", None)
+    """Write `model` (either backend; a `torch.compile` or DDP wrapper is looked through, so the file keeps
+    the plain PyTorch names) as the one checkpoint format, atomically."""
+    spec = spec or getattr(unwrap(model), "zoo_spec", None)
     if spec is None:
         raise ValueError("model has no .zoo_spec: pass spec=zoo.registry.get_spec(NAME) to describe it")
     b = get_backend(backend_of(model))
@@ -153,11 +155,13 @@ class Prediction:
 class Pipeline:
     """Raw inputs -> predictions, applying the model's own preprocessing in NumPy."""
 
-    def __init__(self, model, backend: str):
+    def __init__(self, model, backend: str | None = None):
+        if backend is not None and canonical_backend(backend) != backend_of(model):
+            raise ValueError(f"a {backend_of(model)} model cannot run on the {backend!r} backend; load it with backend={backend!r}")
         self.model = model
-        self.backend = canonical_backend(backend)
-        self.spec: ModelSpec = model.zoo_spec
-        self._b = get_backend(self.backend)
+        self._b = backend_for(model)  # the model's framework, spec and device: inputs go there, results come back
+        self.backend = self._b.NAME
+        self.spec: ModelSpec = self._b.spec
 
     def preprocess(self, inputs: Any) -> np.ndarray:
         from . import preprocess
@@ -179,11 +183,11 @@ class Pipeline:
         return Prediction(labels=labels, indices=idx, probabilities=probs.astype(np.float32), logits=logits)
 
 
-def pipeline(name_or_model: Any, backend: str | None = None, pretrained: bool = True) -> Pipeline:
-    """`zoo.pipeline("cnn-mnist", backend="jax")(images)` -> Prediction; also accepts a loaded model."""
+def pipeline(name_or_model: Any, backend: str | None = None, pretrained: bool = True, device: Any = None) -> Pipeline:
+    """`zoo.pipeline("cnn-mnist", backend="jax")(images)` -> Prediction; also accepts a loaded model (on any device)."""
     if isinstance(name_or_model, (str, os.PathLike)):
         backend = backend or "torch"
-        model = load(str(name_or_model), backend=backend, pretrained=pretrained)
+        model = load(str(name_or_model), backend=backend, pretrained=pretrained, device=device)
     else:
         model = name_or_model
         backend = backend or backend_of(model)

@@ -38,7 +38,7 @@ def _load_config(args, model: str | None = None, recipe: bool = True):
     if args.backend:
         values["backend"] = args.backend
     for key in ("epochs", "batch_size", "seed", "checkpoint_every", "max_train_examples", "init_from", "backbone_lr_scale",
-                "early_stopping_patience", "name"):
+                "early_stopping_patience", "name", "device"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     if getattr(args, "freeze", None) is not None:
@@ -97,7 +97,7 @@ def _cmd_eval(args) -> int:
         if args.weights and sha256_file(args.weights) != digest:
             raise ValueError(f"--record measures the registry's default weights {args.model}.{entry['tag']} (sha256 {digest}); "
                              f"{args.weights} is a different file (sha256 {sha256_file(args.weights)}): nothing evaluated or recorded")
-    model = api.load(source, backend=args.backend)
+    model = api.load(source, backend=args.backend, device=args.device)
     spec = model.zoo_spec
     if args.weights:
         spec = spec.replace(name=args.model, dataset=api.registry.get_spec(args.model).dataset)
@@ -176,6 +176,7 @@ def _add_training_options(p) -> None:
     p.add_argument("--freeze", help="none, backbone (all but the classifier head), or comma-separated parameter prefixes")
     p.add_argument("--backbone-lr-scale", type=float, help="learning rate of all but the head, relative to --lr")
     p.add_argument("--early-stopping-patience", type=int, help="stop after N epochs without a better validation accuracy")
+    p.add_argument("--device", help="torch: cpu (default), cuda, cuda:1; jax: cpu, gpu, gpu:1 (default: JAX's default device)")
 
 
 def add_commands(sub) -> None:
@@ -215,6 +216,7 @@ def add_commands(sub) -> None:
     p.add_argument("--weights", help="a checkpoint file (default: the registry's default weights)")
     p.add_argument("--data-dir")
     p.add_argument("--record", action="store_true", help="write the measured metrics into the registry entry")
+    p.add_argument("--device", help="torch: cpu (default), cuda, cuda:1; jax: cpu, gpu, gpu:1 (default: JAX's default device)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("ship", help="bundle a trained checkpoint as the model's default weights")

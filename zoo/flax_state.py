@@ -30,7 +30,7 @@ def msgpack_to_safetensors(src: str, dst: str | os.PathLike) -> Path:
 
     from . import convert
     from .api import spec_from_checkpoint
-    from .backends import jax_backend
+    from .backends import get_backend
     from .checkpoint import Checkpoint, parse_metadata
 
     try:
@@ -40,7 +40,7 @@ def msgpack_to_safetensors(src: str, dst: str | os.PathLike) -> Path:
     except Exception as e:  # msgpack raises several unrelated types on bad input
         raise CheckpointError(f"{src}: not a zoo msgpack state file ({type(e).__name__}: {e})") from None
     ckpt = Checkpoint(path=src, tensors={}, metadata=metadata, **parse_metadata(metadata, src))
-    model = jax_backend.build(spec_from_checkpoint(ckpt), source=src)
+    model = get_backend("jax").build(spec_from_checkpoint(ckpt), source=src)
     state = nnx.state(model, (nnx.Param, nnx.BatchStat))
     try:
         nnx.replace_by_pure_dict(state, pure_state)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path, write_text_atomic
-from ..backends import canonical_backend, get_backend
+from ..backends import Backend, backend_for, canonical_backend, get_backend
 from ..checkpoint import make_metadata, write_checkpoint
 from ..numerics import log_softmax
 from ..optim import OptimizerConfig
@@ -53,6 +53,7 @@ class TrainConfig:
     data: dict[str, Any] | None = None  # a fine-tuning data source: {"source": ..., zoo.data.sources.load_source options}
     adapt: dict[str, Any] | None = None  # input adaptation rule (zoo.adapt), recorded in the checkpoint's preprocessing
     name: str | None = None  # the trained model's name in its checkpoint (default: `model`)
+    device: str | None = None  # torch: "cpu" (default), "cuda", "cuda:1"; JAX: "cpu", "gpu", "gpu:1" (default: JAX's default)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -65,11 +66,11 @@ class TrainConfig:
         return asdict(self)
 
 
-def evaluate(model, backend: str, data, spec, batch_size: int = 500, progress: bool = False) -> dict[str, Any]:
+def evaluate(model, backend: str | Backend, data, spec, batch_size: int = 500, progress: bool = False) -> dict[str, Any]:
     """Accuracy and mean cross-entropy on a whole ArraySet, in a fixed order; also the predictions."""
     from ..data.pipeline import batches
 
-    b = get_backend(backend)
+    b = backend if isinstance(backend, Backend) else backend_for(model, spec)  # where the model lives
     model.eval()
     order = np.arange(len(data))
     if spec.preprocessing["kind"] == "text":  # similar lengths together: less padding; padding changes no result
@@ -152,12 +153,12 @@ def prepare_model_and_data(cfg: TrainConfig, backend: str, data_dir: str | None 
     from .. import api
     from ..data.pipeline import arrays_for, load_datasets
 
-    b = get_backend(backend)
+    b = get_backend(backend, device=cfg.device)
     if cfg.data is None:  # the registry model's own dataset (validation: its own split, else held out of train)
         spec = get_spec(cfg.model)
         spec = spec.replace(config={**spec.config, **cfg.model_overrides})
         if cfg.init_from:
-            model = api.load(cfg.init_from, backend=backend, seed=cfg.seed, labels=spec.labels, **cfg.model_overrides)
+            model = api.load(cfg.init_from, backend=backend, seed=cfg.seed, labels=spec.labels, device=cfg.device, **cfg.model_overrides)
             if model.zoo_spec.name != spec.name:  # a registry model fine-tuned from another (cnn-usps from cnn-mnist)
                 base = model.zoo_spec
                 if (base.arch, base.config) != (spec.arch, spec.config):
@@ -176,7 +177,7 @@ def prepare_model_and_data(cfg: TrainConfig, backend: str, data_dir: str | None 
                              val_fraction=cfg.val_fraction, **options)
         labels = source.label_names
         if cfg.init_from:
-            model = api.load(cfg.init_from, backend=backend, seed=cfg.seed, labels=labels, **cfg.model_overrides)
+            model = api.load(cfg.init_from, backend=backend, seed=cfg.seed, labels=labels, device=cfg.device, **cfg.model_overrides)
         else:
             config = {**spec.config, **cfg.model_overrides, "num_classes": len(labels)}
             model = b.build(spec.replace(config=config, labels=labels), seed=cfg.seed)
@@ -214,8 +215,8 @@ def fit(cfg: TrainConfig, out_dir: str | os.PathLike, data_dir: str | None = Non
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     backend_name = canonical_backend(cfg.backend)
-    b = get_backend(backend_name)
     model, data = prepare_model_and_data(cfg, backend_name, data_dir)
+    b = get_backend(backend_name, spec=model.zoo_spec, device=cfg.device)  # the model as prepared: its spec, our device
     from ..data.pipeline import steps_per_epoch
     from .freeze import Freeze
 
@@ -223,7 +224,7 @@ def fit(cfg: TrainConfig, out_dir: str | os.PathLike, data_dir: str | None = Non
     if cfg.optimizer.schedule != "constant" and cfg.optimizer.total_steps <= 0:
         cfg.optimizer.total_steps = n_steps * cfg.epochs
     freeze = Freeze.from_config(cfg.freeze, model.zoo_spec.classifier)
-    trainer = b.Trainer(model, cfg.optimizer, freeze=freeze, backbone_lr_scale=cfg.backbone_lr_scale)
+    trainer = b.trainer(model, cfg.optimizer, freeze=freeze, backbone_lr_scale=cfg.backbone_lr_scale)
     start_epoch, start_step, history = 0, 0, []
     state_path = out / STATE_FILE
     if resume and state_path.is_file():
@@ -248,7 +249,7 @@ def run_epoch(cfg: TrainConfig, b, trainer, data: dict, epoch: int, start_step: 
 
     from ..data.pipeline import batches
 
-    model, spec = trainer.model, trainer.model.zoo_spec
+    model, spec = trainer.model, b.spec
     began = time.perf_counter()
     elapsed = history[-1]["elapsed_s"] if history else 0.0
     losses = []
@@ -262,7 +263,7 @@ def run_epoch(cfg: TrainConfig, b, trainer, data: dict, epoch: int, start_step: 
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < n_steps:
             save_training_state(out, b, trainer, cfg, epoch, step + 1, history)
     bar.close()
-    val = evaluate(model, b.NAME, data["val"], spec, cfg.eval_batch_size)
+    val = evaluate(model, b, data["val"], spec, cfg.eval_batch_size)
     from ..optim import learning_rate
 
     record = {"epoch": epoch + 1, "step": trainer.steps_done, "train_loss": float(np.mean(losses)) if losses else None,
@@ -290,7 +291,7 @@ def finish(cfg: TrainConfig, b, model, data: dict, history: list, out: Path) -> 
         shutil.copyfile(out / f"epoch-{best['epoch']}.safetensors", tmp)
     b.load_numpy_state(model, read_checkpoint(final).tensors, str(final))
     spec = model.zoo_spec
-    test = evaluate(model, b.NAME, data["test"], spec, cfg.eval_batch_size) if data.get("test") is not None else None
+    test = evaluate(model, b, data["test"], spec, cfg.eval_batch_size) if data.get("test") is not None else None
     summary = {
         "model": spec.name, "backend": b.NAME, "framework": b.framework_version(), "epochs": cfg.epochs,
         "epochs_run": history[-1]["epoch"], "best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"],
