@@ -288,6 +288,8 @@ def main(argv=None) -> int:
     out_dir = Path(args.results)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / "finetune_study.jsonl"
+    if args.set and not args.recipe:
+        parser.error("--set needs --recipe: a tuning variant is recorded under its own name")
     if not args.report:
         if not args.part or not args.models:
             parser.error("--part and --models are needed to run points (or --report)")

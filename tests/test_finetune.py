@@ -252,3 +252,15 @@ def test_a_pushed_finetuned_file_names_its_base_model(tmp_path):
     card = (prepare_folder(str(path), tmp_path / "hub", "me/tuned") / "README.md").read_text()
     assert "base_model: cnn-mnist.v1" in card and "Fine-tuned from `cnn-mnist.v1`" in card
     assert "test accuracy" not in card.lower().split("---")[1]  # its front matter claims no metrics
+
+
+def test_the_kept_epoch_follows_the_selection_rule():
+    from zoo.train import TrainConfig, best_epoch
+
+    history = [{"epoch": 1, "val_accuracy": 0.99, "val_loss": 0.030}, {"epoch": 2, "val_accuracy": 1.0, "val_loss": 0.020},
+               {"epoch": 3, "val_accuracy": 1.0, "val_loss": 0.010}, {"epoch": 4, "val_accuracy": 0.99, "val_loss": 0.005},
+               {"epoch": 5, "val_accuracy": 1.0, "val_loss": 0.010}]
+    assert best_epoch(history)["epoch"] == 3  # saturated accuracy: the lower loss, then the earlier epoch
+    assert best_epoch(history, "val_loss")["epoch"] == 4
+    with pytest.raises(ValueError, match="select_on='accuracy'"):
+        TrainConfig(model="cnn-mnist", select_on="accuracy")

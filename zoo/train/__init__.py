@@ -31,6 +31,9 @@ from ..registry import get_spec
 STATE_FILE = "train_state.safetensors"
 
 
+SELECTION_RULES = ("val_accuracy", "val_loss")
+
+
 @dataclass
 class TrainConfig:
     model: str
@@ -49,11 +52,16 @@ class TrainConfig:
     init_from: str | None = None
     freeze: str | list[str] = "none"  # none | backbone | a list of parameter-name prefixes
     backbone_lr_scale: float = 1.0  # learning rate of everything but the classifier head, relative to `lr`
-    early_stopping_patience: int = 0  # stop after this many epochs without a better validation accuracy (0: never)
+    early_stopping_patience: int = 0  # stop after this many epochs without a better validation result (0: never)
+    select_on: str = "val_accuracy"  # the epoch kept: best validation accuracy, or lowest validation loss ("val_loss")
     data: dict[str, Any] | None = None  # a fine-tuning data source: {"source": ..., zoo.data.sources.load_source options}
     adapt: dict[str, Any] | None = None  # input adaptation rule (zoo.adapt), recorded in the checkpoint's preprocessing
     name: str | None = None  # the trained model's name in its checkpoint (default: `model`)
     device: str | None = None  # torch: "cpu" (default), "cuda", "cuda:1"; JAX: "cpu", "gpu", "gpu:1" (default: JAX's default)
+
+    def __post_init__(self):
+        if self.select_on not in SELECTION_RULES:
+            raise ValueError(f"select_on={self.select_on!r}: use one of {SELECTION_RULES}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -203,9 +211,12 @@ def prepare_model_and_data(cfg: TrainConfig, backend: str, data_dir: str | None 
     return model, data
 
 
-def best_epoch(history: list[dict]) -> dict:
-    """The epoch with the best validation accuracy; among equals (a small validation set saturates), the lower
-    validation loss, then the earlier epoch."""
+def best_epoch(history: list[dict], select_on: str = "val_accuracy") -> dict:
+    """The epoch to keep. "val_accuracy": the best validation accuracy; among equals (a small validation set
+    saturates), the lower validation loss, then the earlier epoch. "val_loss": the lowest validation loss
+    (for validation sets too easy for accuracy to tell epochs apart), then the earlier epoch."""
+    if select_on == "val_loss":
+        return min(history, key=lambda h: (h["val_loss"], h["epoch"]))
     return max(history, key=lambda h: (h["val_accuracy"], -h["val_loss"], -h["epoch"]))
 
 
@@ -234,8 +245,9 @@ def fit(cfg: TrainConfig, out_dir: str | os.PathLike, data_dir: str | None = Non
         print(f"resuming {cfg.model} [{backend_name}] at epoch {start_epoch + 1}, step {start_step}")
     write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     for epoch in range(start_epoch, cfg.epochs):
-        if cfg.early_stopping_patience and history and history[-1]["epoch"] - best_epoch(history)["epoch"] >= cfg.early_stopping_patience:
-            print(f"early stop: no better validation accuracy for {cfg.early_stopping_patience} epochs")
+        if cfg.early_stopping_patience and history and \
+                history[-1]["epoch"] - best_epoch(history, cfg.select_on)["epoch"] >= cfg.early_stopping_patience:
+            print(f"early stop: no better {cfg.select_on.replace('_', ' ')} for {cfg.early_stopping_patience} epochs")
             break
         run_epoch(cfg, b, trainer, data, epoch, start_step, n_steps, history, out, progress)
         start_step = 0
@@ -285,7 +297,7 @@ def finish(cfg: TrainConfig, b, model, data: dict, history: list, out: Path) -> 
 
     from ..checkpoint import read_checkpoint
 
-    best = best_epoch(history)
+    best = best_epoch(history, cfg.select_on)
     final = out / "final.safetensors"
     with atomic_path(final) as tmp:
         shutil.copyfile(out / f"epoch-{best['epoch']}.safetensors", tmp)

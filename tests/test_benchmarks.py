@@ -1,0 +1,38 @@
+"""The long studies run outside CI; here each script runs a tiny smoke, and committed reports are checked
+to be what the script makes of the committed raw results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "benchmarks" / "finetune_study.py"
+
+
+def test_finetune_study_smoke_writes_points_tables_and_plot(data_dir, tmp_path):
+    run = subprocess.run([sys.executable, str(STUDY), "--part", "usps", "--models", "cnn-mnist", "--sizes", "10", "--seeds", "1",
+                          "--recipe", "smoke", "--set", "epochs=1", "--data-dir", str(data_dir), "--results", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "finetune_study.jsonl").read_text().splitlines()]
+    starts = sorted((r["init"], r["freeze"]) for r in rows)
+    assert starts == [("finetuned", "backbone"), ("finetuned", "none"), ("scratch", "none"),
+                      ("zero-shot (mnist_frame)", "-"), ("zero-shot (resize)", "-")], starts
+    trained = [r for r in rows if not r["init"].startswith("zero-shot")]
+    assert all(r["epochs_run"] == 1 and r["recipe"] == "smoke" and len(r["test_accuracy_per_class"]) == 10 for r in trained)
+    zero = {r["init"]: r["test_accuracy"] for r in rows if r["init"].startswith("zero-shot")}
+    assert zero["zero-shot (mnist_frame)"] > 0.9, zero  # the pretrained MNIST model reads USPS framed like MNIST
+    assert (tmp_path / "finetune_study.png").stat().st_size > 10_000
+    assert "## Study" in (tmp_path / "finetune_study.md").read_text()
+
+
+def test_committed_finetune_report_is_what_the_script_makes_of_the_committed_log(tmp_path):
+    log = ROOT / "benchmarks" / "results" / "finetune_study.jsonl"
+    (tmp_path / "finetune_study.jsonl").write_bytes(log.read_bytes())
+    run = subprocess.run([sys.executable, str(STUDY), "--report", "--results", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for name in ("finetune_study.md", "finetune_study.json"):
+        assert (tmp_path / name).read_text() == (log.parent / name).read_text(), f"{name} is stale: run the script with --report"
