@@ -20,10 +20,13 @@ if WORKER:
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASUREMENTS = ROOT / "tests" / ".parity-measurements"  # one JSON-lines file per worker; `python -m zoo.docs` merges them
+# Only a run meant to produce the parity report records (and first clears old records): any other pytest run,
+# even one started while a report run is going, leaves the measurements alone.
+RECORDING = os.environ.get("ZOO_PARITY_REPORT") == "1"
 
 
 def pytest_configure(config):
-    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) starts a fresh report
+    if RECORDING and not hasattr(config, "workerinput"):  # the controller (or a run without xdist) starts a fresh report
         shutil.rmtree(MEASUREMENTS, ignore_errors=True)
 
 
@@ -48,10 +51,12 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def record_measurement():
     """Append a measured value to this worker's JSON-lines file, for the parity report (`python -m zoo.docs`)."""
-    MEASUREMENTS.mkdir(exist_ok=True)
     path = MEASUREMENTS / f"{WORKER or 'main'}.jsonl"
 
     def record(model: str, check: str, value: float) -> None:
+        if not RECORDING:
+            return
+        MEASUREMENTS.mkdir(exist_ok=True)
         with open(path, "a") as f:
             f.write(json.dumps({"model": model, "check": check, "max_abs_diff": value}) + "\n")
 
