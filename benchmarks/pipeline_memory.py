@@ -3,9 +3,10 @@ each configuration in a fresh process (so one run's memory cannot hide in anothe
 latency of `zoo.pipeline` against the backend's own `logits` on the preprocessed batch.
 
     python benchmarks/pipeline_memory.py [--reviews 25000] [--models lstm-imdb gru-imdb transformer-imdb]
-        [--backends torch jax] [--batch-sizes N ...] [--repeats 50] [--data-dir DIR] [--out benchmarks/results]
+        [--backends torch jax] [--batch-sizes N ...] [--repeats 50] [--data-dir DIR] [--out benchmarks/results] [--name NAME]
 
-Writes OUT/pipeline_memory.{json,md,png}. `--reviews 200` is a smoke run (tests/test_pipeline.py runs one).
+Writes OUT/NAME.{json,md,png} (NAME: pipeline_memory). `--reviews 200` is a smoke run (tests/test_pipeline.py
+runs one); `--batch-sizes 16 64 256 --name pipeline_batch_sizes` compares batch sizes.
 Fewer than 25,000 reviews are spread evenly over the test split (it is sorted by label). Peak RSS is
 `ru_maxrss` of the fresh process: imports, model, the reviews as Python strings and the pipeline's own peak.
 JAX wall times include compilation (one per padded batch shape), as a user's first call would."""
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--latency-models", nargs=2, default=["cnn-mnist", "transformer-imdb"], metavar=("IMAGE", "TEXT"))
     parser.add_argument("--data-dir", default=os.environ.get("ZOO_DATA_DIR") or str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--name", default="pipeline_memory", help="file names of the results")
     args = parser.parse_args()
     data = Path(args.data_dir)
     imdb, mnist = data / "imdb" / "test.parquet", data / "mnist" / "test.parquet"
@@ -144,21 +146,21 @@ def main() -> None:
 
     versions = f"torch {version('torch')}, jax {version('jax')}, flax {version('flax')}"
     out = Path(args.out)
-    write_results("pipeline_memory", rows, ["model", "backend", "batch_size", "reviews", "rss_before_call_mb", "peak_rss_mb",
+    write_results(args.name, rows, ["model", "backend", "batch_size", "reviews", "rss_before_call_mb", "peak_rss_mb",
                                             "within_3_GiB", "wall_s", "reviews_per_s", "accuracy"], out, versions=versions)
     # The batch-of-1 rows go in the same files: a second table in the Markdown, a second list in the JSON.
-    payload = json.loads((out / "pipeline_memory.json").read_text())
+    payload = json.loads((out / f"{args.name}.json").read_text())
     payload["batch_of_1"] = latency
-    (out / "pipeline_memory.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     columns = ["model", "backend", "input", "repeats", "pipeline_ms", "logits_ms", "overhead_ms"]
     table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     table += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in latency]
-    with open(out / "pipeline_memory.md", "a") as f:
+    with open(out / f"{args.name}.md", "a") as f:
         f.write("\n## Batch of 1: `zoo.pipeline(item)` vs the backend's `logits(model, batch)` on `batch = pipe.preprocess(item)`, "
                 f"medians of {args.repeats} alternating runs "
                 "(overhead: median of the paired differences; PyTorch on 1 thread)\n\n" + "\n".join(table) + "\n")
     print("\n".join(table))
-    plot(rows, out / "pipeline_memory.png")
+    plot(rows, out / f"{args.name}.png")
 
 
 if __name__ == "__main__":

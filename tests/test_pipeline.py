@@ -185,7 +185,7 @@ def test_progress_bar_automatic_forced_and_without_a_total(capsys):
     pipe(images[:8])
     assert capsys.readouterr().err == ""
     pipe(images)
-    assert "/9 [" in capsys.readouterr().err
+    assert "0/9 [" in capsys.readouterr().err  # from the start, the total being known
     pipe(image for image in images)
     err = capsys.readouterr().err
     assert "9input [" in err and "/9" not in err

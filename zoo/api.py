@@ -151,8 +151,9 @@ class Prediction:
     logits: np.ndarray  # (N, classes) float32
 
 
-# Inputs run in batches of this many by default: enough to keep the CPU busy, few enough that the largest
-# activations stay small (transformer-imdb attention at 64 x 256 tokens: 64 MB; measured in benchmarks/pipeline_memory.py).
+# Inputs run in batches of this many by default. Measured on 2 CPU cores (benchmarks/pipeline_memory.py,
+# --batch-sizes): larger batches ran no faster, but each doubling added 0.1-0.3 GB to transformer-imdb's peak
+# (attention at 64 x 256 tokens: 64 MB a layer); 256 MNIST-sized images add under 0.1 GB.
 DEFAULT_BATCH_SIZE = {"text": 64, "image": 256}
 SORT_WINDOW_BATCHES = 32  # texts are sorted by length within windows of this many batches: little padding, bounded memory
 AUTO_PROGRESS_BATCHES = 4  # progress=None shows a bar once an input runs to more batches than this
@@ -290,7 +291,7 @@ class _ProgressBar:
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
-        elif self.progress is None and self.done > self.auto_after:
+        elif self.progress is None and self.total is None and self.done > self.auto_after:
             self._open()
 
     def close(self) -> None:
