@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,29 +153,108 @@ class Prediction:
     logits: np.ndarray  # (N, classes) float32
 
 
-class Pipeline:
-    """Raw inputs -> predictions, applying the model's own preprocessing in NumPy."""
+# Inputs run in batches of this many by default. Measured on 2 CPU cores (benchmarks/pipeline_memory.py,
+# --batch-sizes): larger batches ran no faster, but each doubling added 0.1-0.3 GB to transformer-imdb's peak
+# (attention at 64 x 256 tokens: 64 MB a layer); 256 MNIST-sized images add under 0.1 GB.
+DEFAULT_BATCH_SIZE = {"text": 64, "image": 256}
+SORT_WINDOW_BATCHES = 32  # texts are sorted by length within windows of this many batches: little padding, bounded memory
+AUTO_PROGRESS_BATCHES = 4  # progress=None shows a bar once an input runs to more batches than this
 
-    def __init__(self, model, backend: str | None = None):
+
+def check_batch_size(batch_size: Any) -> int | None:
+    """`batch_size` itself (None: the modality's default), or a ValueError saying what is wrong with it."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer (or None for the default: "
+                         f"{DEFAULT_BATCH_SIZE['text']} for text, {DEFAULT_BATCH_SIZE['image']} for images); got {batch_size!r}")
+    return int(batch_size)
+
+
+class Pipeline:
+    """Raw inputs -> predictions, applying the model's own preprocessing in NumPy, in batches of `batch_size`
+    (so memory stays bounded however many inputs come), with the results in input order."""
+
+    def __init__(self, model, backend: str | None = None, batch_size: int | None = None, progress: bool | None = None):
         if backend is not None and canonical_backend(backend) != backend_of(model):
             raise ValueError(f"a {backend_of(model)} model cannot run on the {backend!r} backend; load it with backend={backend!r}")
+        if progress is not None and not isinstance(progress, bool):
+            raise ValueError(f"progress must be True, False or None (automatic); got {progress!r}")
         self.model = model
         self._b = backend_for(model)  # the model's framework, spec and device: inputs go there, results come back
         self.backend = self._b.NAME
         self.spec: ModelSpec = self._b.spec
+        self.kind = self.spec.preprocessing["kind"]
+        if self.kind not in DEFAULT_BATCH_SIZE:
+            raise ValueError(f"{self.spec.name}: unknown preprocessing kind {self.kind!r}")
+        self.batch_size = check_batch_size(batch_size) or DEFAULT_BATCH_SIZE[self.kind]
+        self.progress = progress
 
     def preprocess(self, inputs: Any) -> np.ndarray:
+        """All of `inputs` as one canonical batch (no batching: for small inputs and inspection)."""
         from . import preprocess
 
-        kind = self.spec.preprocessing["kind"]
-        if kind == "image":
+        if self.kind == "image":
             return preprocess.image_batch(inputs, self.spec.preprocessing)
-        if kind == "text":
-            return preprocess.text_batch(inputs, self.spec)
-        raise ValueError(f"{self.spec.name}: unknown preprocessing kind {kind!r}")
+        return preprocess.text_batch(inputs, self.spec)
 
     def __call__(self, inputs: Any) -> Prediction:
-        logits = np.asarray(self._b.logits(self.model, self.preprocess(inputs)), dtype=np.float32)
+        """One Prediction for a single input (a string, an image) or any iterable of them (list, tuple,
+        generator, `datasets` column, (N, H, W[, C]) array), in input order."""
+        items, total = self._items(inputs)
+        window = self.batch_size * SORT_WINDOW_BATCHES if self.kind == "text" else self.batch_size
+        bar = _ProgressBar(self.progress, total, AUTO_PROGRESS_BATCHES * self.batch_size, f"{self.spec.name} [{self.backend}]")
+        parts = []
+        try:
+            for chunk in _chunks(items, window):
+                parts.append(self._text_logits(chunk, bar) if self.kind == "text" else self._image_logits(chunk, bar))
+        finally:
+            bar.close()
+        num_classes = self.spec.config["num_classes"]
+        logits = np.concatenate(parts) if parts else np.zeros((0, num_classes), np.float32)
+        return self._prediction(logits)
+
+    def _items(self, inputs: Any) -> tuple[Any, int | None]:
+        """The inputs as an iterable of single items, and how many there are (None: unknown, e.g. a generator)."""
+        from .preprocess import is_single_image
+
+        single = isinstance(inputs, str) if self.kind == "text" else is_single_image(inputs, self.spec.preprocessing)
+        if single:
+            return [inputs], 1
+        return inputs, (len(inputs) if hasattr(inputs, "__len__") else None)
+
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._b.logits(self.model, batch), dtype=np.float32)
+
+    def _image_logits(self, images: list, bar: _ProgressBar) -> np.ndarray:
+        from .preprocess import image_batch
+
+        logits = self._logits(image_batch(images, self.spec.preprocessing))
+        bar.update(len(images))
+        return logits
+
+    def _text_logits(self, texts: list, bar: _ProgressBar) -> np.ndarray:
+        """Logits for one window of texts, in their order: run sorted by token length, so each batch pads little
+        (padding changes no result in these models)."""
+        from .data.pipeline import PAD_MULTIPLE, pad_tokens
+        from .preprocess import text_ids
+
+        ids = text_ids(texts, self.spec)
+        lengths = np.fromiter((len(s) for s in ids), np.int64, len(ids))
+        order = np.argsort(lengths, kind="stable")
+        # XLA compiles once per input shape: JAX batches are padded to multiples of 32 tokens (at most
+        # max_len / 32 shapes); PyTorch runs each batch at its own width.
+        multiple = PAD_MULTIPLE if self.backend == "jax" else 1
+        p = self.spec.preprocessing
+        logits = np.empty((len(ids), self.spec.config["num_classes"]), np.float32)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = pad_tokens([ids[i] for i in rows], p["pad_id"], multiple=multiple, max_len=p["max_len"])
+            logits[rows] = self._logits(batch)  # back into input order
+            bar.update(len(rows))
+        return logits
+
+    def _prediction(self, logits: np.ndarray) -> Prediction:
         from .numerics import softmax
 
         probs = softmax(logits)
@@ -183,12 +263,56 @@ class Pipeline:
         return Prediction(labels=labels, indices=idx, probabilities=probs.astype(np.float32), logits=logits)
 
 
-def pipeline(name_or_model: Any, backend: str | None = None, pretrained: bool = True, device: Any = None) -> Pipeline:
-    """`zoo.pipeline("cnn-mnist", backend="jax")(images)` -> Prediction; also accepts a loaded model (on any device)."""
+def _chunks(items: Any, size: int):
+    """Lists of up to `size` consecutive items, reading only one list's worth at a time (generators stay lazy)."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+class _ProgressBar:
+    """A tqdm bar counting inputs. `progress` True/False forces it on/off; None shows it for inputs of more
+    than `auto_after` items: at once when the total is known, else (a generator) once that many have run."""
+
+    def __init__(self, progress: bool | None, total: int | None, auto_after: int, desc: str):
+        self.progress, self.total, self.auto_after, self.desc = progress, total, auto_after, desc
+        self.done = 0
+        self.bar = None
+        if progress or (progress is None and total is not None and total > auto_after):
+            self._open()
+
+    def _open(self) -> None:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # tqdm comes with zoo-twins[train], not the core install
+            if self.progress:
+                raise ImportError("progress=True needs tqdm: pip install tqdm") from None
+            self.progress = False
+            return
+        self.bar = tqdm(total=self.total, initial=self.done, desc=self.desc, unit="input", leave=False)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.progress is None and self.total is None and self.done > self.auto_after:
+            self._open()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def pipeline(name_or_model: Any, backend: str | None = None, pretrained: bool = True, *, device: Any = None,
+             batch_size: int | None = None, progress: bool | None = None) -> Pipeline:
+    """`zoo.pipeline("cnn-mnist", backend="jax")(images)` -> Prediction; also accepts a loaded model (on any device).
+    `batch_size`: inputs per forward pass (None: 64 for text, 256 for images); `progress`: a tqdm bar
+    (None: shown for inputs of more than 4 batches)."""
+    check_batch_size(batch_size)  # before loading a model for nothing
     if isinstance(name_or_model, (str, os.PathLike)):
         backend = backend or "torch"
         model = load(str(name_or_model), backend=backend, pretrained=pretrained, device=device)
     else:
         model = name_or_model
         backend = backend or backend_of(model)
-    return Pipeline(model, backend)
+    return Pipeline(model, backend, batch_size=batch_size, progress=progress)

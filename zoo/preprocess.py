@@ -7,10 +7,30 @@ from typing import Any
 import numpy as np
 
 
+def _is_pil(item: Any) -> bool:
+    return hasattr(item, "convert") and hasattr(item, "size")  # a PIL image, without importing PIL
+
+
+def _keeps_colour(preprocessing: dict[str, Any]) -> bool:
+    adapt = preprocessing.get("adapt")
+    return bool(adapt and adapt.get("colour")) or preprocessing["channels"] == 3
+
+
 def _to_array(item: Any, keep_colour: bool) -> np.ndarray:
-    if hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image, without importing PIL
+    if _is_pil(item):
         return np.asarray(item.convert("RGB" if keep_colour and item.mode not in ("L", "1", "I", "F") else "L"))
     return np.asarray(item)
+
+
+def is_single_image(inputs: Any, preprocessing: dict[str, Any]) -> bool:
+    """True where `image_batch` reads `inputs` as one image: a PIL image, an (H, W) array, or an (H, W, 3)
+    array where colour is expected. Anything else is a collection of images (an (N, H, W[, C]) array, a list...)."""
+    if _is_pil(inputs):
+        return True
+    ndim = getattr(inputs, "ndim", None)  # NumPy, torch and JAX arrays alike
+    if ndim is None:
+        return False
+    return ndim < 3 or (ndim == 3 and _keeps_colour(preprocessing) and inputs.shape[-1] == 3)
 
 
 def image_batch(inputs: Any, preprocessing: dict[str, Any]) -> np.ndarray:
@@ -19,7 +39,7 @@ def image_batch(inputs: Any, preprocessing: dict[str, Any]) -> np.ndarray:
     `adapt` rule (zoo.adapt: e.g. USPS digits framed like MNIST) takes other sizes and colours through it."""
     h, w, c = preprocessing["height"], preprocessing["width"], preprocessing["channels"]
     adapt = preprocessing.get("adapt")
-    keep_colour = bool(adapt and adapt.get("colour")) or c == 3
+    keep_colour = _keeps_colour(preprocessing)
     if isinstance(inputs, (list, tuple)):
         arrays = [_to_array(item, keep_colour) for item in inputs]
         if not arrays:
@@ -51,11 +71,18 @@ def normalise(images: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
 
 def text_batch(inputs: Any, spec) -> np.ndarray:
     """A string or a list of strings -> right-padded token ids (N, T), T <= max_len."""
-    from .text import encode, pad
+    from .text import pad
+
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    return pad(text_ids(texts, spec), spec.preprocessing["pad_id"])
+
+
+def text_ids(texts: list[str], spec) -> list[list[int]]:
+    """Strings -> token ids per string, truncated by the spec's rule (unpadded)."""
+    from .text import encode
 
     if spec.tokenizer_json is None:
         raise ValueError(f"{spec.name}: no tokenizer attached; load pretrained weights or a checkpoint that carries one")
-    texts = [inputs] if isinstance(inputs, str) else list(inputs)
     if not all(isinstance(t, str) for t in texts):
         raise TypeError("text models take a string or a list of strings")
-    return pad(encode(texts, spec.tokenizer_json, spec.preprocessing), spec.preprocessing["pad_id"])
+    return encode(texts, spec.tokenizer_json, spec.preprocessing)
