@@ -220,6 +220,8 @@ def read_log(log: Path) -> list[dict]:
     latest: dict[tuple, dict] = {}
     for line in log.read_text().splitlines():
         r = json.loads(line)
+        # the first pass recorded no recipe name; zero-shot rows have none to record
+        r["recipe"] = "-" if r["init"].startswith("zero-shot") else r.get("recipe", "first-pass")
         latest[tuple(str(r.get(k)) for k in ("part", "model", "size", "init", "freeze", "recipe", "backend", "seed"))] = r
     return list(latest.values())
 
