@@ -8,7 +8,7 @@ latency of `zoo.pipeline` against the backend's own `logits` on the preprocessed
 Writes OUT/NAME.{json,md,png} (NAME: pipeline_memory). `--reviews 200` is a smoke run (tests/test_pipeline.py
 runs one); `--batch-sizes 16 64 256 --name pipeline_batch_sizes` compares batch sizes.
 Fewer than 25,000 reviews are spread evenly over the test split (it is sorted by label). Peak RSS is
-`ru_maxrss` of the fresh process: imports, model, the reviews as Python strings and the pipeline's own peak.
+`VmHWM` of the fresh process: imports, model, the reviews as Python strings and the pipeline's own peak.
 JAX wall times include compilation (one per padded batch shape), as a user's first call would."""
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TEXT_MODELS = ["lstm-imdb", "gru-imdb", "transformer-imdb"]
 RSS_TARGET_MB = 3 * 1024
 
-# Run in a fresh interpreter per configuration; prints one JSON row. ru_maxrss is in KiB on Linux.
+# Run in a fresh interpreter per configuration; prints one JSON row. The peak is the process's own VmHWM:
+# `ru_maxrss` would report the parent's peak instead (the child inherits it through vfork + exec).
 MEMORY_RUN = """
-import json, resource, sys, time
+import json, sys, time
 import numpy as np, pyarrow.parquet as pq
 args = json.loads(sys.argv[1])
 table = pq.read_table(args["imdb"], columns=["text", "label"])
@@ -39,13 +40,15 @@ pick = np.linspace(0, table.num_rows, args["reviews"], endpoint=False).astype(in
 texts = table.column("text").take(pick).to_pylist()
 labels = np.asarray(table.column("label").take(pick).to_pylist())
 del table
+def peak_rss_kib():
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1])
 import zoo
 pipe = zoo.pipeline(args["model"], backend=args["backend"], batch_size=args["batch_size"], progress=False)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_rss_kib()
 start = time.perf_counter()
 pred = pipe(texts)
 wall = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = peak_rss_kib()
 print(json.dumps({"model": args["model"], "backend": args["backend"], "batch_size": pipe.batch_size, "reviews": len(texts),
                   "rss_before_call_mb": round(before / 1024), "peak_rss_mb": round(peak / 1024), "wall_s": round(wall, 1),
                   "reviews_per_s": round(len(texts) / wall, 1), "accuracy": round(float((pred.indices == labels).mean()), 4)}))

@@ -242,9 +242,10 @@ class Pipeline:
         ids = text_ids(texts, self.spec)
         lengths = np.fromiter((len(s) for s in ids), np.int64, len(ids))
         order = np.argsort(lengths, kind="stable")
-        # XLA compiles once per input shape: JAX batches are padded to multiples of 32 tokens (at most
-        # max_len / 32 shapes); PyTorch runs each batch at its own width.
-        multiple = PAD_MULTIPLE if self.backend == "jax" else 1
+        # A window of several batches pads each to a multiple of 32 tokens: few distinct shapes, so JAX compiles
+        # at most max_len / 32 times and PyTorch reuses its allocations (exact widths fragment its heap). A single
+        # batch runs at its exact width, the least work for one input.
+        multiple = PAD_MULTIPLE if len(ids) > self.batch_size else 1
         p = self.spec.preprocessing
         logits = np.empty((len(ids), self.spec.config["num_classes"]), np.float32)
         for start in range(0, len(order), self.batch_size):
