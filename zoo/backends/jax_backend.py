@@ -69,11 +69,18 @@ def _value_and_grad(model, x, y):
     return nnx.value_and_grad(_loss)(model, x, y)
 
 
-@nnx.jit
-def _train_step(model, optimizer, x, y):
+def _pure_train_step(graphdef, state, x, y):
+    """One step as a pure function of the (model, optimizer) state: merged inside the trace, so the object graph
+    is walked once per compilation instead of on every call as `nnx.jit` does (about 2 ms per step on this CPU)."""
+    model, optimizer = nnx.merge(graphdef, state)
     value, grads = nnx.value_and_grad(_loss, argnums=nnx.DiffState(0, optimizer.wrt))(model, x, y)
     optimizer.update(model, grads)
-    return value
+    return nnx.state((model, optimizer)), value
+
+
+# No buffer donation: arrays are immutable and shared freely (`nnx.clone`, NumPy views of CPU arrays), and a
+# donated one would be deleted under whoever else holds it.
+_train_step = jax.jit(_pure_train_step, static_argnums=0)
 
 
 def _dotted(path) -> str:
@@ -190,13 +197,18 @@ class Trainer:
         tx = optax_optimizer(cfg, scaled if freeze is not None else None, backbone_lr_scale)
         self.optimizer = nnx.Optimizer(model, tx, wrt=wrt)
         self.steps_done = 0
+        backend.train_mode(model, freeze)  # the step's structure, train mode included, is fixed once here
+        self._graphdef = nnx.graphdef((model, self.optimizer))
 
-    def step(self, batch: np.ndarray, labels: np.ndarray) -> float:
+    def step(self, batch: np.ndarray, labels: np.ndarray) -> jax.Array:
+        """One optimizer step; the loss stays on the device (`float(loss)` waits for it), so steps queue up
+        without a host round trip. The model and optimizer are updated in place."""
         b = self.backend
-        b.train_mode(self.model, self.freeze)
-        value = _train_step(self.model, self.optimizer, b.to_input(batch, b.spec_of(self.model)), b.to_labels(labels))
+        state, value = _train_step(self._graphdef, nnx.state((self.model, self.optimizer)),
+                                   b.to_input(batch, b.spec_of(self.model)), b.to_labels(labels))
+        nnx.update((self.model, self.optimizer), state)
         self.steps_done += 1
-        return float(value)
+        return value
 
 
 def _flat(obj, filt) -> dict[str, np.ndarray]:

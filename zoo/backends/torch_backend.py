@@ -155,7 +155,9 @@ class Trainer:
         self.optimizer = torch_optimizer([{"params": ps, "lr_scale": scale} for scale, ps in groups.items()], cfg)
         self.steps_done = 0
 
-    def step(self, batch: np.ndarray, labels: np.ndarray) -> float:
+    def step(self, batch: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+        """One optimizer step; the loss stays on the device (`float(loss)` waits for it), so a GPU is not
+        stalled by a host round trip every step."""
         from ..optim import set_torch_learning_rate
 
         set_torch_learning_rate(self.optimizer, self.cfg, self.steps_done)
@@ -165,6 +167,6 @@ class Trainer:
         value.backward()
         self.optimizer.step()
         self.steps_done += 1
-        return float(value.detach())
+        return value.detach()
 
 BACKEND_CLASS = TorchBackend

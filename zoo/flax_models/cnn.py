@@ -1,6 +1,8 @@
 import jax
 from flax import nnx
 
+from .layers import max_pool
+
 
 class CNN(nnx.Module):
     """conv5x5 32, max-pool, conv5x5 64, max-pool, fc 1024-512-10. Input: (N, 28, 28, C)."""
@@ -12,8 +14,8 @@ class CNN(nnx.Module):
         self.fc2 = nnx.Linear(512, num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nnx.max_pool(nnx.relu(self.conv1(x)), window_shape=(2, 2), strides=(2, 2))
-        x = nnx.max_pool(nnx.relu(self.conv2(x)), window_shape=(2, 2), strides=(2, 2))
+        x = max_pool(nnx.relu(self.conv1(x)), 2)
+        x = max_pool(nnx.relu(self.conv2(x)), 2)
         x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # flatten in C,H,W order, as PyTorch does
         x = nnx.relu(self.fc1(x))
         return self.fc2(x)

@@ -29,6 +29,7 @@ from ..optim import OptimizerConfig
 from ..registry import get_spec
 
 STATE_FILE = "train_state.safetensors"
+LOSS_READ_EVERY = 20  # steps between reading the losses back to the host (the progress bar's figure)
 
 
 SELECTION_RULES = ("val_accuracy", "val_loss")
@@ -264,21 +265,24 @@ def run_epoch(cfg: TrainConfig, b, trainer, data: dict, epoch: int, start_step: 
     model, spec = trainer.model, b.spec
     began = time.perf_counter()
     elapsed = history[-1]["elapsed_s"] if history else 0.0
-    losses = []
+    losses, read = [], []  # losses stay on the device; read back (a host sync) every LOSS_READ_EVERY steps
     bar = tqdm(batches(data["train"], spec, cfg.batch_size, seed=cfg.seed, epoch=epoch, augment=cfg.augment, start_step=start_step),
                total=n_steps, initial=start_step, desc=f"{spec.name} [{b.NAME}] epoch {epoch + 1}/{cfg.epochs}",
                disable=not progress, dynamic_ncols=True, mininterval=2.0)
     for step, (x, y) in enumerate(bar, start=start_step):
         losses.append(trainer.step(x, y))
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if len(losses) == LOSS_READ_EVERY:
+            read += [float(v) for v in losses]
+            losses.clear()
+            bar.set_postfix(loss=f"{np.mean(read[-LOSS_READ_EVERY:]):.4f}")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < n_steps:
             save_training_state(out, b, trainer, cfg, epoch, step + 1, history)
     bar.close()
+    read += [float(v) for v in losses]
     val = evaluate(model, b, data["val"], spec, cfg.eval_batch_size)
     from ..optim import learning_rate
 
-    record = {"epoch": epoch + 1, "step": trainer.steps_done, "train_loss": float(np.mean(losses)) if losses else None,
+    record = {"epoch": epoch + 1, "step": trainer.steps_done, "train_loss": float(np.mean(read)) if read else None,
               "val_loss": val["loss"], "val_accuracy": val["accuracy"],
               "lr": float(learning_rate(cfg.optimizer, max(trainer.steps_done - 1, 0))),
               "elapsed_s": round(elapsed + time.perf_counter() - began, 1)}
