@@ -44,6 +44,22 @@ def test_readme_parity_and_mutation_tables_are_generated_from_the_reports():
     assert mutation_table() in readme, "README mutation table is stale: run `python -m zoo.docs --write`"
 
 
+def test_benchmarks_tables_are_what_zoo_bench_measured_for_every_architecture():
+    """Catches: BENCHMARKS.md edited by hand or left stale, an architecture or variant missing from the
+    committed CPU run, a ratio that does not follow from the rows beside it."""
+    from zoo.bench import VARIANTS, distinct_models, ratio_rows
+    from zoo.docs import BENCH_RESULTS, BENCHMARKS, bench_section
+
+    assert bench_section() in BENCHMARKS.read_text(), "BENCHMARKS.md is stale: run `python -m zoo.docs --write`"
+    assert "(BENCHMARKS.md)" in (ROOT / "README.md").read_text()
+    result = json.loads(BENCH_RESULTS.read_text())
+    measured = {(r["model"], r["task"], r["backend"], r["variant"]) for r in result["rows"]}
+    for name in distinct_models():
+        for backend, variants in VARIANTS.items():
+            assert {(name, "train", backend, v) for v in variants} | {(name, "infer", backend, "zoo")} <= measured, name
+    assert result["ratios"] == ratio_rows(result["rows"])
+
+
 def test_readme_finetuning_study_table_is_generated_from_the_study_results():
     from zoo.docs import FINETUNE_STUDY, finetune_table
 

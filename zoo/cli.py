@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="cnn-mnist")
     p.add_argument("--data-dir", default=None, help="folder with mnist/test.parquet (default: $ZOO_DATA_DIR or bundled samples)")
     p.set_defaults(func=_cmd_demo)
+    from . import bench
+
+    p = sub.add_parser("bench", help="training and inference speed of zoo models in both frameworks, beside the article's loops",
+                       description=bench.__doc__.split("\n\n")[0])
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run)
     from . import cli_train
 
     cli_train.add_commands(sub)
