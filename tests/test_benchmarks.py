@@ -4,9 +4,12 @@ to be what the script makes of the committed raw results."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "benchmarks" / "finetune_study.py"
@@ -36,3 +39,17 @@ def test_committed_finetune_report_is_what_the_script_makes_of_the_committed_log
     assert run.returncode == 0, run.stderr[-3000:]
     for name in ("finetune_study.md", "finetune_study.json"):
         assert (tmp_path / name).read_text() == (log.parent / name).read_text(), f"{name} is stale: run the script with --report"
+
+
+@pytest.mark.slow
+def test_train_time_smoke_runs_zoo_train_in_both_backends(data_dir, tmp_path):
+    """benchmarks/train_time.py on 640 training images (the full run is committed in benchmarks/results)."""
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_time.py"), "--max-train-examples", "640",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "ZOO_DATA_DIR": str(data_dir)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads((tmp_path / "train_time.json").read_text())["rows"]
+    assert [r["backend"] for r in rows] == ["torch", "jax"]
+    for r in rows:
+        assert r["epochs"] == 2 and 0 < r["train_s"] < r["command_s"]
+        assert 0.5 < r["test_accuracy"] < 0.99 and r["reached_target"] is False  # 640 images: learning, not yet 99 %

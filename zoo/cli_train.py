@@ -24,6 +24,20 @@ def recipe_path(config: str | None, model: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def compilation_cache(backend: str) -> None:
+    """JAX's persistent compilation cache for the command line's training runs (a recipe's second run skips
+    compiling), in $JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/zoo/jax."""
+    import os
+
+    from .backends import canonical_backend
+
+    if canonical_backend(backend) == "jax":
+        import jax
+
+        path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(Path.home() / ".cache" / "zoo" / "jax")
+        jax.config.update("jax_compilation_cache_dir", path)
+
+
 def _load_config(args, model: str | None = None, recipe: bool = True):
     """A TrainConfig: `--config` (or, with `recipe`, the model's bundled recipe), then the command-line options."""
     from .train import TrainConfig
@@ -58,6 +72,7 @@ def _cmd_train(args) -> int:
 
     cfg = _load_config(args)
     out = args.out or f"runs/{cfg.model}-{cfg.backend}"
+    compilation_cache(cfg.backend)
     fit(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress)
     return 0
 
@@ -78,6 +93,7 @@ def _cmd_finetune(args) -> int:
         cfg.adapt = {"resize": args.resize, "colour": args.colour}
     cfg.name = args.name or f"{base.name}-finetuned"
     out = args.out or f"runs/{cfg.name}-{cfg.backend}"
+    compilation_cache(cfg.backend)
     fit(cfg, out, data_dir=None, resume=args.resume, progress=not args.no_progress)
     return 0
 
