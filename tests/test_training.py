@@ -122,3 +122,21 @@ def test_ship_then_eval_record_writes_measured_metrics_into_the_registry(data_di
     measured = {b: entry["metrics"][b]["test_accuracy"] for b in ("torch", "jax")}
     assert abs(measured["jax"] - summary["test_accuracy"]) < 1e-6  # eval reproduces the trainer's own measurement
     assert abs(measured["torch"] - measured["jax"]) <= 0.0005
+
+
+def test_deterministic_switch_sets_each_frameworks_own_flag(monkeypatch):
+    """Catches: `deterministic=True` ignored (a GPU run would then not resume exactly)."""
+    import torch
+
+    from zoo.train import make_deterministic
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    try:
+        make_deterministic("torch")
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    make_deterministic("jax")
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1 --xla_gpu_deterministic_ops=true"
+    make_deterministic("jax")  # once is enough
+    assert os.environ["XLA_FLAGS"].count("deterministic") == 1

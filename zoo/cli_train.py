@@ -52,7 +52,7 @@ def _load_config(args, model: str | None = None, recipe: bool = True):
     if args.backend:
         values["backend"] = args.backend
     for key in ("epochs", "batch_size", "seed", "checkpoint_every", "max_train_examples", "init_from", "backbone_lr_scale",
-                "early_stopping_patience", "name", "device", "select_on"):
+                "early_stopping_patience", "name", "device", "select_on", "deterministic"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     if getattr(args, "freeze", None) is not None:
@@ -194,6 +194,9 @@ def _add_training_options(p) -> None:
     p.add_argument("--early-stopping-patience", type=int, help="stop after N epochs without a better validation accuracy")
     p.add_argument("--device", help="torch: cpu (default), cuda, cuda:1; jax: cpu, gpu, gpu:1 (default: JAX's default device)")
     p.add_argument("--select-on", choices=["val_accuracy", "val_loss"], help="the epoch kept: best validation accuracy (default) or loss")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic kernels (torch.use_deterministic_algorithms; XLA's deterministic GPU ops): on a GPU, "
+                        "exact resume is promised only with this")
 
 
 def add_commands(sub) -> None:

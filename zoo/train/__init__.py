@@ -59,6 +59,7 @@ class TrainConfig:
     adapt: dict[str, Any] | None = None  # input adaptation rule (zoo.adapt), recorded in the checkpoint's preprocessing
     name: str | None = None  # the trained model's name in its checkpoint (default: `model`)
     device: str | None = None  # torch: "cpu" (default), "cuda", "cuda:1"; JAX: "cpu", "gpu", "gpu:1" (default: JAX's default)
+    deterministic: bool = False  # deterministic kernels (on a GPU, exact resume needs them); CPU kernels already are
 
     def __post_init__(self):
         if self.select_on not in SELECTION_RULES:
@@ -212,6 +213,28 @@ def prepare_model_and_data(cfg: TrainConfig, backend: str, data_dir: str | None 
     return model, data
 
 
+def make_deterministic(backend: str) -> None:
+    """Deterministic kernels: `torch.use_deterministic_algorithms(True)` (with the cuBLAS workspace setting it
+    needs), or XLA's `--xla_gpu_deterministic_ops` for JAX, which takes effect only if set before JAX starts
+    its GPU backend (`zoo train --deterministic` sets it first thing)."""
+    import warnings
+
+    if backend == "torch":
+        import torch
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_gpu_deterministic_ops" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
+        import jax
+
+        if any(d.platform == "gpu" for d in jax.devices()):
+            warnings.warn("JAX's GPU backend started before deterministic ops were requested: set "
+                          "XLA_FLAGS=--xla_gpu_deterministic_ops=true before importing JAX", stacklevel=2)
+
+
 def best_epoch(history: list[dict], select_on: str = "val_accuracy") -> dict:
     """The epoch to keep. "val_accuracy": the best validation accuracy; among equals (a small validation set
     saturates), the lower validation loss, then the earlier epoch. "val_loss": the lowest validation loss
@@ -227,6 +250,8 @@ def fit(cfg: TrainConfig, out_dir: str | os.PathLike, data_dir: str | None = Non
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     backend_name = canonical_backend(cfg.backend)
+    if cfg.deterministic:
+        make_deterministic(backend_name)
     model, data = prepare_model_and_data(cfg, backend_name, data_dir)
     b = get_backend(backend_name, spec=model.zoo_spec, device=cfg.device)  # the model as prepared: its spec, our device
     from ..data.pipeline import steps_per_epoch
