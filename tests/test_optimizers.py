@@ -14,6 +14,9 @@ CONFIGS = {
     "adam-l2": OptimizerConfig(name="adam", lr=1e-3, weight_decay=1e-2),
     "adamw": OptimizerConfig(name="adamw", lr=1e-3, weight_decay=5e-2),
     "adamw-cosine-warmup": OptimizerConfig(name="adamw", lr=1e-3, weight_decay=1e-2, schedule="cosine", warmup_steps=3, total_steps=10),
+    # gradient norms here range from ~1e-3 to ~20: clipping at 1 acts on some steps and not on others, before
+    # the L2 term (torch.optim adds it inside the step; optax chains it after the clip)
+    "sgd-l2-clip": OptimizerConfig(name="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, clip_norm=1.0),
 }
 
 
@@ -30,7 +33,7 @@ def test_same_gradients_same_parameters(label):
 
     torch_params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in params.items()}
     opt = torch_optimizer(list(torch_params.values()), cfg)
-    from zoo.optim import set_torch_learning_rate
+    from zoo.optim import clip_torch_gradients, set_torch_learning_rate
 
     tx = optax_optimizer(cfg)
     jax_params = {k: jnp.asarray(v) for k, v in params.items()}
@@ -39,6 +42,7 @@ def test_same_gradients_same_parameters(label):
         set_torch_learning_rate(opt, cfg, step)
         for k, p in torch_params.items():
             p.grad = torch.from_numpy(g[k].copy())
+        clip_torch_gradients(list(torch_params.values()), cfg)
         opt.step()
         updates, state = tx.update({k: jnp.asarray(v) for k, v in g.items()}, state, jax_params)
         jax_params = optax.apply_updates(jax_params, updates)
@@ -61,3 +65,25 @@ def test_bad_optimizer_names_are_refused():
         OptimizerConfig(name="rmsprop")
     with pytest.raises(ValueError, match="total_steps"):
         learning_rate(OptimizerConfig(schedule="cosine"), 0)
+
+
+def test_clipping_scales_every_gradient_by_one_factor_in_both_frameworks():
+    """A gradient of global norm 10 clipped at 1: SGD without momentum moves each parameter by lr * g / 10 in
+    both. Catches: clipping per tensor instead of globally, clipping skipped in one framework."""
+    import jax.numpy as jnp
+
+    cfg = OptimizerConfig(name="sgd", lr=1.0, momentum=0.0, clip_norm=1.0)
+    g = {"w": np.full((4,), 3.0, np.float32), "b": np.array([8.0], np.float32)}  # norm sqrt(36 + 64) = 10
+    tx = optax_optimizer(cfg)
+    updates, _ = tx.update({k: jnp.asarray(v) for k, v in g.items()}, tx.init({k: jnp.zeros_like(jnp.asarray(v)) for k, v in g.items()}))
+    torch_params = {k: torch.nn.Parameter(torch.zeros(v.shape)) for k, v in g.items()}
+    for k, p in torch_params.items():
+        p.grad = torch.from_numpy(g[k].copy())
+    from zoo.optim import clip_torch_gradients
+
+    clip_torch_gradients(list(torch_params.values()), cfg)
+    torch_optimizer(list(torch_params.values()), cfg).step()
+    for k in g:
+        expected = -g[k] / (10.0 + 1e-6)
+        np.testing.assert_allclose(np.asarray(updates[k]), expected, rtol=1e-6)
+        np.testing.assert_allclose(torch_params[k].detach().numpy(), expected, rtol=1e-6)

@@ -69,3 +69,25 @@ def test_torch_twin_equals_plain_packed_sequences(cell):
         g_ref = torch.autograd.grad(reference.sum(), list(model.parameters()))
         for (name, _), a, b in zip(model.named_parameters(), g_ours, g_ref, strict=True):
             assert_close(a.numpy(), b.numpy(), f"{cell} grad {name}")
+
+
+def test_forget_bias_starts_every_lstm_forget_gate_at_the_same_value_in_both_twins():
+    """`forget_bias=1.0`: the forget rows of every `bias_ih` are 1 and of every `bias_hh` 0 (so the gate starts at
+    sigmoid(1)), in each layer and direction, in both frameworks; the other rows keep the default initialisation.
+    Catches: the wrong gate's rows (i, f, g, o order), one bias only, one twin only, a GRU accepting it."""
+    import zoo
+    from zoo.backends import get_backend
+
+    hidden = zoo.registry.get_spec("lstm-imdb").config["hidden_size"]
+    forget = slice(hidden, 2 * hidden)
+    for backend in ("torch", "jax"):
+        state = get_backend(backend).state_to_numpy(zoo.load("lstm-imdb", backend=backend, pretrained=False, forget_bias=1.0))
+        plain = get_backend(backend).state_to_numpy(zoo.load("lstm-imdb", backend=backend, pretrained=False))
+        biases = [k for k in state if k.startswith("rnn.bias_")]
+        assert len(biases) == 8  # 2 layers x 2 directions x (ih, hh)
+        for k in biases:
+            assert (state[k][forget] == (1.0 if "bias_ih" in k else 0.0)).all(), (backend, k)
+            for rows in (slice(0, hidden), slice(2 * hidden, 4 * hidden)):
+                np.testing.assert_array_equal(state[k][rows], plain[k][rows])
+        with pytest.raises(ValueError, match="only an LSTM has a forget gate"):
+            zoo.load("gru-imdb", backend=backend, pretrained=False, forget_bias=1.0)

@@ -200,16 +200,45 @@ def test_ship_of_another_architecture_is_refused(tmp_path, package_untouched):
     assert result.returncode == 2 and str(mlp) in result.stderr and "architecture mlp" in result.stderr, result.stderr[-2000:]
 
 
-def test_ship_of_other_preprocessing_is_refused(tmp_path, package_untouched):
-    """Catches `zoo ship` accepting a file that `zoo.load("cnn-mnist")` would then refuse (mean/std differ)."""
+def test_a_new_tag_with_its_own_preprocessing_coexists_with_v1(scratch, tmp_path):
+    """A v2 whose file differs from v1 in preprocessing ships as the new default while `cnn-mnist.v1` keeps
+    loading exactly as before. Catches: files checked against the model's current spec instead of their tag's
+    (v1 refused once the default moves), `zoo ship` not recording the tag's own spec, new models still built
+    as v1."""
+    from zoo.cli import main
+
+    v1_file = scratch.cnn["weights"]["v1"]["file"]
+    shutil.copy(REAL_WEIGHTS / v1_file, scratch.weights / v1_file)
+    v1_preprocessing = registry.get_spec("cnn-mnist").preprocessing
+    digit = np.random.default_rng(0).integers(0, 256, (2, 28, 28), dtype=np.uint8)
+    before = {b: zoo.pipeline("cnn-mnist", backend=b)(digit).logits for b in BACKENDS}
     source = random_file(tmp_path, "cnn-mnist")
     with safe_open(str(source), framework="numpy") as f:
         meta = dict(f.metadata())
     meta["preprocessing"] = json.dumps({**json.loads(meta["preprocessing"]), "mean": [0.5]}, sort_keys=True)
-    path = tmp_path / "cnn-other-mean.safetensors"
-    save_file(load_file(str(source)), str(path), metadata=meta)
-    result = run_cli("ship", "cnn-mnist", "--weights", str(path), "--tag", "vX", "--recipe", "r")
-    assert result.returncode == 2 and str(path) in result.stderr and "'mean': [0.5]" in result.stderr, result.stderr[-2000:]
+    v2_path = tmp_path / "cnn-other-mean.safetensors"
+    save_file(load_file(str(source)), str(v2_path), metadata=meta)
+    assert main(["ship", "cnn-mnist", "--weights", str(v2_path), "--tag", "v2", "--recipe", "r"]) == 0
+
+    assert registry.model_info("cnn-mnist")["default_tag"] == "v2"
+    assert registry.get_spec("cnn-mnist").preprocessing["mean"] == [0.5]  # new models are built as v2
+    assert registry.get_spec("cnn-mnist", "v1").preprocessing == v1_preprocessing
+    for backend in BACKENDS:
+        assert zoo.load("cnn-mnist", backend=backend).zoo_spec.preprocessing["mean"] == [0.5]
+        v1 = zoo.pipeline("cnn-mnist.v1", backend=backend)
+        assert v1.spec.preprocessing == v1_preprocessing
+        np.testing.assert_array_equal(v1(digit).logits, before[backend])
+
+
+def test_every_model_is_built_as_its_default_tag_and_every_tag_records_its_spec():
+    """The registry's invariant: each weights entry carries the config and preprocessing it was built with, and
+    the model's own (for new training, `pretrained=False`) are the default tag's."""
+    for name in registry.list_models(pretrained=True):
+        info = registry.model_info(name)
+        for tag, entry in info["weights"].items():
+            assert {"model_config", "preprocessing"} <= set(entry), f"{name}.{tag}"
+        default = info["weights"][info["default_tag"]]
+        assert (default["model_config"], default["preprocessing"]) == (info["config"], info["preprocessing"]), name
 
 
 def test_eval_of_an_unknown_model_exits_2():

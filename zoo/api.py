@@ -57,9 +57,10 @@ def load_checkpoint_for(name_or_path: str, pretrained: bool = True) -> tuple[Mod
         ckpt = read_checkpoint(path)
         return spec_from_checkpoint(ckpt), ckpt
     base, tag = registry.split_tag(name_or_path)
-    spec = registry.get_spec(base)
     if not pretrained:
-        return spec, None
+        return registry.get_spec(base), None
+    tag = registry.weights_entry(base, tag)["tag"]
+    spec = registry.get_spec(base, tag)  # as this tag's weights were built
     ckpt = read_checkpoint(resolve_weights_file(base, tag))
     if ckpt.arch != spec.arch or ckpt.config != spec.config or ckpt.preprocessing != spec.preprocessing:
         raise CheckpointError(f"{ckpt.path}: holds architecture {ckpt.arch!r} {ckpt.config} with preprocessing {ckpt.preprocessing}, "

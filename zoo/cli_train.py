@@ -143,10 +143,13 @@ def _cmd_ship(args) -> int:
 
     ckpt = read_checkpoint(args.weights)
     spec = get_spec(args.model)
-    if ckpt.arch != spec.arch or ckpt.config != spec.config or ckpt.preprocessing != spec.preprocessing:
-        # the check `zoo.load` makes: never ship a file that loading the model would then refuse
-        raise ValueError(f"{args.weights}: holds architecture {ckpt.arch} {ckpt.config} with preprocessing {ckpt.preprocessing}, "
-                         f"but {args.model} is {spec.arch} {spec.config} with {spec.preprocessing}; nothing shipped")
+    if ckpt.arch != spec.arch or len(ckpt.labels) != len(spec.labels):
+        raise ValueError(f"{args.weights}: holds architecture {ckpt.arch} with {len(ckpt.labels)} classes, but {args.model} is "
+                         f"{spec.arch} with {len(spec.labels)}; nothing shipped")
+    if (ckpt.config, ckpt.preprocessing) != (spec.config, spec.preprocessing):
+        # The tag records its own; the model is built as its new default from now on (older tags keep theirs).
+        print(f"{args.model}.{args.tag} changes the model: config {spec.config} -> {ckpt.config}, "
+              f"preprocessing {spec.preprocessing} -> {ckpt.preprocessing}")
     if ckpt.metadata.get("finetuned_from") != spec.finetuned_from:
         raise ValueError(f"{args.weights}: started from {ckpt.metadata.get('finetuned_from')!r}, but the registry says "
                          f"{args.model} is fine-tuned from {spec.finetuned_from!r}; nothing shipped")
@@ -164,8 +167,10 @@ def _cmd_ship(args) -> int:
             "written_by": ckpt.metadata.get("written_by"), "train_wall_time_s": summary.get("train_wall_time_s"),
             "machine": summary.get("machine"), "data_license": DATASETS[spec.dataset]["license"],
             "final_val_accuracy": summary.get("final_val_accuracy"), "metrics": {},
+            "model_config": ckpt.config, "preprocessing": ckpt.preprocessing,
         }
         e["default_tag"] = args.tag
+        e["config"], e["preprocessing"] = ckpt.config, ckpt.preprocessing  # the default tag's, for new models
 
     update_entry(args.model, register)
     api.resolve_weights_file(args.model)  # verifies the copy against the recorded sha256

@@ -25,6 +25,7 @@ class OptimizerConfig:
     schedule: str = "constant"  # constant | cosine (both with linear warm-up)
     warmup_steps: int = 0
     total_steps: int = 0  # cosine decays to 0 at total_steps
+    clip_norm: float = 0.0  # > 0: all gradients scaled together to at most this global L2 norm (0: off)
 
     def __post_init__(self):
         if self.name not in ("sgd", "adam", "adamw"):
@@ -61,6 +62,28 @@ def torch_optimizer(params, cfg: OptimizerConfig):
     return cls(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
+def clip_torch_gradients(params, cfg: OptimizerConfig) -> None:
+    """`clip_norm` > 0: `torch.nn.utils.clip_grad_norm_` over the trainable parameters, before the step."""
+    if cfg.clip_norm > 0:
+        import torch
+
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+
+
+def _optax_clip_like_torch(max_norm: float):
+    """`clip_grad_norm_`'s rule in optax: scale by max_norm / (norm + 1e-6) where that is below 1
+    (`optax.clip_by_global_norm` divides by the norm alone, a 1e-6 relative difference)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    def update(updates, state, params=None):
+        scale = jnp.minimum(1.0, max_norm / (optax.global_norm(updates) + 1e-6))
+        return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def set_torch_learning_rate(optimizer, cfg: OptimizerConfig, step: int) -> float:
     """The schedule's rate for `step`, times each parameter group's `lr_scale` (fine-tuning's backbone scale)."""
     lr = float(learning_rate(cfg, step))
@@ -72,11 +95,13 @@ def set_torch_learning_rate(optimizer, cfg: OptimizerConfig, step: int) -> float
 def optax_optimizer(cfg: OptimizerConfig, scaled=None, lr_scale: float = 1.0):
     """The optax twin of `torch_optimizer`. `scaled(params)` -> a pytree of bools: those parameters' updates
     are multiplied by `lr_scale` (the same as a torch parameter group with `lr * lr_scale`, decay included)."""
-    tx = _optax_base(cfg)
-    if scaled is None or lr_scale == 1.0:
-        return tx
     import optax
 
+    tx = _optax_base(cfg)
+    if cfg.clip_norm > 0:
+        tx = optax.chain(_optax_clip_like_torch(cfg.clip_norm), tx)
+    if scaled is None or lr_scale == 1.0:
+        return tx
     return optax.chain(tx, optax.masked(optax.scale(lr_scale), scaled))
 
 

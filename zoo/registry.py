@@ -101,13 +101,17 @@ def _bundled_tokenizer(entry: dict[str, Any]) -> str | None:
     return (WEIGHTS_DIR / entry["tokenizer"]).read_text(encoding="utf-8")
 
 
-def get_spec(name: str) -> ModelSpec:
+def get_spec(name: str, tag: str | None = None) -> ModelSpec:
+    """The model as the registry describes it: with `tag`, as that tag's weights were built (each weights entry
+    records its own `model_config` and `preprocessing`, so a v2 with another dropout or `max_len` coexists with
+    v1); without, as the model is built today (the default tag's, for new training and `pretrained=False`)."""
     e = _entry(name)
+    weights = weights_entry(name, tag) if tag else {}
     return ModelSpec(
         name=name,
         arch=e["arch"],
-        config=copy.deepcopy(e["config"]),
-        preprocessing=copy.deepcopy(e["preprocessing"]),
+        config=copy.deepcopy(weights.get("model_config", e["config"])),
+        preprocessing=copy.deepcopy(weights.get("preprocessing", e["preprocessing"])),
         labels=list(e.get("labels", [])),
         task=e.get("task", ""),
         dataset=e.get("dataset", ""),

@@ -158,13 +158,14 @@ class Trainer:
     def step(self, batch: np.ndarray, labels: np.ndarray) -> torch.Tensor:
         """One optimizer step; the loss stays on the device (`float(loss)` waits for it), so a GPU is not
         stalled by a host round trip every step."""
-        from ..optim import set_torch_learning_rate
+        from ..optim import clip_torch_gradients, set_torch_learning_rate
 
         set_torch_learning_rate(self.optimizer, self.cfg, self.steps_done)
         self.backend.train_mode(self.model, self.freeze)
         self.optimizer.zero_grad(set_to_none=True)
         value = self.backend.loss(self.model, batch, labels)
         value.backward()
+        clip_torch_gradients([p for group in self.optimizer.param_groups for p in group["params"]], self.cfg)
         self.optimizer.step()
         self.steps_done += 1
         return value.detach()

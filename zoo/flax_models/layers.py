@@ -78,9 +78,11 @@ class RNN(nnx.Module):
     """
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
-                 dropout: float = 0.0, *, rngs: nnx.Rngs):
+                 dropout: float = 0.0, forget_bias: float | None = None, *, rngs: nnx.Rngs):
         if mode not in ("lstm", "gru"):
             raise ValueError(f"RNN mode must be 'lstm' or 'gru', got {mode!r}")
+        if forget_bias is not None and mode != "lstm":
+            raise ValueError(f"forget_bias={forget_bias}: only an LSTM has a forget gate, not a {mode.upper()}")
         self.mode, self.hidden_size, self.num_layers = mode, hidden_size, num_layers
         self.directions = ("", "_reverse") if bidirectional else ("",)
         gates = (4 if mode == "lstm" else 3) * hidden_size
@@ -91,6 +93,8 @@ class RNN(nnx.Module):
                 for name, shape in (("weight_ih", (gates, layer_input)), ("weight_hh", (gates, hidden_size)),
                                     ("bias_ih", (gates,)), ("bias_hh", (gates,))):
                     value = jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
+                    if forget_bias is not None and name.startswith("bias_"):  # gate order i, f, g, o
+                        value = value.at[hidden_size:2 * hidden_size].set(forget_bias if name == "bias_ih" else 0.0)
                     setattr(self, f"{name}_l{layer}{suffix}", nnx.Param(value))
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 

@@ -10,10 +10,12 @@ class RNNClassifier(nnx.Module):
     layer's final forward and backward states. Input: right-padded token ids (N, T)."""
 
     def __init__(self, cell: str = "lstm", vocab_size: int = 10000, embed_dim: int = 100, hidden_size: int = 128,
-                 num_layers: int = 2, num_classes: int = 2, dropout: float = 0.0, pad_id: int = 0, *, rngs: nnx.Rngs):
+                 num_layers: int = 2, num_classes: int = 2, dropout: float = 0.0, pad_id: int = 0,
+                 forget_bias: float | None = None, *, rngs: nnx.Rngs):
         self.pad_id = pad_id
         self.embedding = nnx.Embed(vocab_size, embed_dim, rngs=rngs)
-        self.rnn = RNN(cell, embed_dim, hidden_size, num_layers, bidirectional=True, dropout=dropout, rngs=rngs)
+        self.rnn = RNN(cell, embed_dim, hidden_size, num_layers, bidirectional=True, dropout=dropout, forget_bias=forget_bias,
+                       rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.fc = nnx.Linear(2 * hidden_size, num_classes, rngs=rngs)
 

@@ -61,10 +61,21 @@ class MaskedGRU(_Masked, nn.GRU):
 
 
 def RNN(mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
-        dropout: float = 0.0) -> nn.Module:
+        dropout: float = 0.0, forget_bias: float | None = None) -> nn.Module:
     """Multi-layer, optionally bidirectional LSTM or GRU, batch-first: a `torch.nn.LSTM` / `torch.nn.GRU` (same
-    parameters, same state dict) whose `forward(x, lengths)` is the Flax twin's `RNN.__call__`."""
+    parameters, same state dict) whose `forward(x, lengths)` is the Flax twin's `RNN.__call__`.
+    `forget_bias` (LSTM only): every forget gate starts at sigmoid(forget_bias) (`bias_ih`'s forget rows set to
+    it, `bias_hh`'s to 0), instead of PyTorch's uniform initialisation of those rows."""
     if mode not in ("lstm", "gru"):
         raise ValueError(f"RNN mode must be 'lstm' or 'gru', got {mode!r}")
+    if forget_bias is not None and mode != "lstm":
+        raise ValueError(f"forget_bias={forget_bias}: only an LSTM has a forget gate, not a {mode.upper()}")
     cls = MaskedLSTM if mode == "lstm" else MaskedGRU
-    return cls(input_size, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional, dropout=dropout)
+    rnn = cls(input_size, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional, dropout=dropout)
+    if forget_bias is not None:
+        forget = slice(hidden_size, 2 * hidden_size)  # gate order i, f, g, o
+        with torch.no_grad():
+            for name, value in rnn.named_parameters():
+                if name.startswith("bias_"):
+                    value[forget] = forget_bias if name.startswith("bias_ih") else 0.0
+    return rnn
