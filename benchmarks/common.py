@@ -20,6 +20,14 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def checkout_env() -> dict:
+    """The environment for a child process that imports this checkout's zoo (not an installed copy)."""
+    import os
+
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+
 def machine() -> dict:
     import os
 

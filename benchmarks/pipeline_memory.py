@@ -23,14 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_results  # noqa: E402
+from common import checkout_env, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_MODELS = ["lstm-imdb", "gru-imdb", "transformer-imdb"]
 RSS_TARGET_MB = 3 * 1024
 
-# Run in a fresh interpreter per configuration; prints one JSON row. The peak is the process's own VmHWM:
-# `ru_maxrss` would report the parent's peak instead (the child inherits it through vfork + exec).
+# Run in a fresh interpreter per configuration; prints one JSON row. The peak is the process's own
+# (`zoo.bench.peak_rss_kib`, VmHWM).
 MEMORY_RUN = """
 import json, sys, time
 import numpy as np, pyarrow.parquet as pq
@@ -40,9 +40,8 @@ pick = np.linspace(0, table.num_rows, args["reviews"], endpoint=False).astype(in
 texts = table.column("text").take(pick).to_pylist()
 labels = np.asarray(table.column("label").take(pick).to_pylist())
 del table
-def peak_rss_kib():
-    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1])
 import zoo
+from zoo.bench import peak_rss_kib
 pipe = zoo.pipeline(args["model"], backend=args["backend"], batch_size=args["batch_size"], progress=False)
 before = peak_rss_kib()
 start = time.perf_counter()
@@ -93,8 +92,7 @@ for model, item in ((args["image_model"], digit), (args["text_model"], review)):
 
 def run_child(code: str, args: dict) -> list[dict]:
     """Run `code` in a fresh interpreter that imports this checkout's zoo; its JSON lines, parsed."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], cwd=ROOT, env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], cwd=ROOT, env=checkout_env(), capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({out.returncode}):\n{out.stderr[-4000:]}")
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_results  # noqa: E402
+from common import checkout_env, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +37,7 @@ def main() -> None:
     rows = []
     for backend in args.backends:
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(Path(tmp) / "jax-cache"),
-                   "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+            env = {**checkout_env(), "JAX_COMPILATION_CACHE_DIR": str(Path(tmp) / "jax-cache")}
             cmd = [sys.executable, "-m", "zoo.cli", "train", recipe["model"], "--config", args.config, "--backend", backend,
                    "--out", str(Path(tmp) / "run"), "--no-progress"]
             if args.max_train_examples:

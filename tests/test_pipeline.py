@@ -5,7 +5,6 @@ of one item at a time (or of the whole input as one batch)."""
 
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -77,11 +77,16 @@ def optimizer_config(name: str):
     return cfg
 
 
-def peak_memory(backend: str, device) -> dict:
-    """Peak RSS of this process (VmHWM: its own, not a parent's), and the accelerator's peak where there is one."""
+def peak_rss_kib() -> int:
+    """This process's own peak resident memory (Linux `VmHWM`). Not `ru_maxrss`: a child started by vfork + exec
+    inherits its parent's peak there."""
     with open("/proc/self/status") as f:
-        rss = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    out = {"peak_rss_mb": round(rss / 1024)}
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def peak_memory(backend: str, device) -> dict:
+    """Peak RSS of this process, and the accelerator's peak where there is one."""
+    out = {"peak_rss_mb": round(peak_rss_kib() / 1024)}
     if backend == "torch" and device.type == "cuda":
         import torch
 
@@ -132,7 +137,6 @@ def steps_for(step_s: float) -> int:
 
 def run_config(cfg: dict) -> dict:
     """One configuration, in this (fresh) process."""
-    import numpy as np
 
     from . import api
     from .backends import get_backend
@@ -176,7 +180,7 @@ def run_config(cfg: dict) -> dict:
             "samples_per_s": round(batch / median, 1), "first_step_s": round(first_step_s, 3),
             "time_to_first_step_s": round(time_to_first_step_s, 2), "steps_per_run": steps, "runs": cfg["repeats"],
             "optimizer": opt.name if task == "train" else None, **peak_memory(backend, b.device),
-            "env": environment(backend, b.device)} | {"input": "x".join(map(str, example_inputs(spec, 1)[0].shape[1:]))}
+            "input": "x".join(map(str, example_inputs(spec, 1)[0].shape[1:])), "env": environment(backend, b.device)}
 
 
 def _article_torch_loop(b, model, spec, opt, batch: int):

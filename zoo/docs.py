@@ -17,6 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .registry import list_models, model_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,16 +178,14 @@ def write_readme(path: str | Path = ROOT / "README.md") -> None:
     text = _replace(text, PARITY_START, PARITY_END, parity_table())
     text = _replace(text, MUTATION_START, MUTATION_END, mutation_table())
     text = _replace(text, FINETUNE_START, FINETUNE_END, finetune_table())
-    path.write_text(text)
-    BENCHMARKS.write_text(_replace(BENCHMARKS.read_text(), BENCH_START, BENCH_END, bench_section()))
+    write_text_atomic(path, text)
+    write_text_atomic(BENCHMARKS, _replace(BENCHMARKS.read_text(), BENCH_START, BENCH_END, bench_section()))
 
 
 if __name__ == "__main__":
     import sys
 
     if "--parity-report" in sys.argv:
-        from .atomic import write_text_atomic
-
         PARITY_REPORT.parent.mkdir(exist_ok=True)
         write_text_atomic(PARITY_REPORT, json.dumps(build_parity_report(), indent=2, sort_keys=True) + "\n")
     if "--write" in sys.argv:
