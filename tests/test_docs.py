@@ -3,7 +3,7 @@ import re
 from pathlib import Path
 
 import zoo
-from zoo.docs import model_table
+from zoo.docs import model_table, text_weights_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_readme_model_table_is_generated_from_the_registry():
     readme = (ROOT / "README.md").read_text()
     assert model_table() in readme, "README model table is stale: run `python -m zoo.docs --write`"
+    assert text_weights_table() in readme, "README text-weights table is stale: run `python -m zoo.docs --write`"
 
 
 def test_ci_runs_the_readme_test_command():

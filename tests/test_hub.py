@@ -246,7 +246,14 @@ def test_any_tag_of_the_registry_counts_not_only_the_default(tmp_path, monkeypat
     zoo.hub.push(str(path), "org/x", dry_run=True, folder=str(tmp_path / "folder"))
     card = (tmp_path / "folder" / "README.md").read_text()
     assert all(claim in card for claim in claims(card, "torch", metrics["torch"]))
-    assert "(jax)" not in card and "registry's `cnn-mnist.v0`" in card and "`recipes/old.sh`" in card
+    assert "test accuracy (jax)" not in card and "registry's `cnn-mnist.v0`" in card and "`recipes/old.sh`" in card
+    # The card's table of versions: this tag marked, the default's own recorded figures beside it (catches a v2
+    # card that hides v1, or a table that copies this file's figures onto the other tags).
+    v1 = data["models"]["cnn-mnist"]["weights"]["v1"]
+    assert "| `cnn-mnist.v0` | this file | 12.50 % | – |" in card
+    v1_row = (f"| `cnn-mnist.v1` | default | {100 * v1['metrics']['torch']['test_accuracy']:.2f} % "
+              f"| {100 * v1['metrics']['jax']['test_accuracy']:.2f} % | `{v1['sha256'][:12]}` |")
+    assert v1_row in card, card
 
 
 def test_push_evaluate_reports_what_it_measured_on_that_file_in_both_backends(tmp_path, data_dir):

@@ -13,10 +13,11 @@ import zoo
 from zoo.api import resolve_weights_file
 from zoo.checkpoint import read_checkpoint
 from zoo.data.pipeline import load_eval_split
-from zoo.registry import get_spec, model_info
+from zoo.registry import get_spec, model_info, split_tag
 from zoo.train import evaluate
 
 PRETRAINED = zoo.list_models(pretrained=True)
+TAGS = [f"{name}.{tag}" for name in PRETRAINED for tag in model_info(name)["weights"]]  # every shipped file, older tags too
 ROOT = Path(__file__).resolve().parents[1]
 SLICE_SIZE = {"mnist": 500, "imdb": 1000, "usps": 2007, "rotten_tomatoes": 1066}  # examples each fast check evaluates (USPS, RT: all)
 FINETUNED = [n for n in PRETRAINED if model_info(n).get("finetuned_from")]
@@ -32,15 +33,16 @@ def eval_slice(spec, data_dir):
     return _slices[key]
 
 
-@pytest.mark.parametrize("name", PRETRAINED)
-def test_registry_entry_is_complete_and_the_file_verifies(name):
+@pytest.mark.parametrize("tagged", TAGS)
+def test_registry_entry_is_complete_and_the_file_verifies(tagged):
+    name, tag = split_tag(tagged)
     info = model_info(name)
-    w = info["weights"][info["default_tag"]]
-    path = resolve_weights_file(name)  # checks the sha256
+    w = info["weights"][tag]
+    path = resolve_weights_file(name, tag)  # checks the sha256
     assert read_checkpoint(path).arch == info["arch"]
     assert set(w["metrics"]) == {"torch", "jax"}, "test accuracy must be measured in each backend"
     for key in ("recipe", "config", "trained_in", "train_wall_time_s", "machine", "data_license", "sha256"):
-        assert w.get(key), f"{name}: weights entry lacks {key}"
+        assert w.get(key), f"{tagged}: weights entry lacks {key}"
 
 
 @pytest.fixture
@@ -54,36 +56,37 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", PRETRAINED)
-def test_shipped_weights_are_accurate_on_a_test_slice_in_both_backends(name, data_dir, one_torch_thread):
-    """Fast tier: broken or mis-loaded weights fall far below the recorded accuracy (chance is 10 % / 50 %)."""
-    info = model_info(name)
-    recorded = info["weights"][info["default_tag"]]["metrics"]
-    spec = get_spec(name)
+@pytest.mark.parametrize("tagged", TAGS)
+def test_shipped_weights_are_accurate_on_a_test_slice_in_both_backends(tagged, data_dir, one_torch_thread):
+    """Fast tier: broken or mis-loaded weights fall far below the recorded accuracy (chance is 10 % / 50 %);
+    an older tag read with the default's config or preprocessing too."""
+    name, tag = split_tag(tagged)
+    recorded = model_info(name)["weights"][tag]["metrics"]
+    spec = get_spec(name, tag)
     data = eval_slice(spec, data_dir)
     assert set(data.labels) == set(range(len(spec.labels))), "the slice must hold every class"
-    results = {b: evaluate(zoo.load(name, backend=b), b, data, spec) for b in ("torch", "jax")}
+    results = {b: evaluate(zoo.load(tagged, backend=b), b, data, spec) for b in ("torch", "jax")}
     for backend, result in results.items():
         expected = recorded[backend]["test_accuracy"]
-        assert abs(result["accuracy"] - expected) <= 0.02, f"{name} [{backend}]: {result['accuracy']:.4f} on the slice, recorded {expected}"
+        assert abs(result["accuracy"] - expected) <= 0.02, f"{tagged} [{backend}]: {result['accuracy']:.4f} on the slice, recorded {expected}"
     disagree = int((results["torch"]["predictions"] != results["jax"]["predictions"]).sum())
-    assert disagree <= 0.001 * len(data), f"{name}: backends disagree on {disagree} of {len(data)} predictions"
+    assert disagree <= 0.001 * len(data), f"{tagged}: backends disagree on {disagree} of {len(data)} predictions"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", PRETRAINED)
-def test_shipped_weights_reproduce_the_recorded_accuracy_in_both_backends(name, data_dir):
-    info = model_info(name)
-    recorded = info["weights"][info["default_tag"]]["metrics"]
-    spec = get_spec(name)
+@pytest.mark.parametrize("tagged", TAGS)
+def test_shipped_weights_reproduce_the_recorded_accuracy_in_both_backends(tagged, data_dir):
+    name, tag = split_tag(tagged)
+    recorded = model_info(name)["weights"][tag]["metrics"]
+    spec = get_spec(name, tag)
     test = load_eval_split(spec, "test", data_dir)
-    results = {b: evaluate(zoo.load(name, backend=b), b, test, spec) for b in ("torch", "jax")}
+    results = {b: evaluate(zoo.load(tagged, backend=b), b, test, spec) for b in ("torch", "jax")}
     for backend, result in results.items():
         assert result["n"] == recorded[backend]["n"]
-        assert abs(result["accuracy"] - recorded[backend]["test_accuracy"]) < 1e-6, f"{name} [{backend}]"
+        assert abs(result["accuracy"] - recorded[backend]["test_accuracy"]) < 1e-6, f"{tagged} [{backend}]"
     assert abs(results["torch"]["accuracy"] - results["jax"]["accuracy"]) <= 0.0005  # 0.05 percentage points
     agreement = (results["torch"]["predictions"] == results["jax"]["predictions"]).mean()
-    assert agreement >= 0.999, f"{name}: backends agree on only {100 * agreement:.3f} % of predictions"
+    assert agreement >= 0.999, f"{tagged}: backends agree on only {100 * agreement:.3f} % of predictions"
 
 
 @pytest.mark.parametrize("name", FINETUNED)
@@ -98,7 +101,7 @@ def test_a_shipped_finetuned_model_names_its_base_and_both_datasets(name, tmp_pa
     base, tag = split_tag(info["finetuned_from"])
     base_info = model_info(base)
     assert tag in base_info["weights"] and base_info["arch"] == info["arch"]
-    assert {**base_info["config"], "num_classes": len(info["labels"])} == info["config"]
+    assert {**base_info["weights"][tag]["model_config"], "num_classes": len(info["labels"])} == info["config"]
     weights = info["weights"][info["default_tag"]]
     assert weights["config"]["init_from"] == info["finetuned_from"], "the recipe must start from the recorded base"
     assert read_checkpoint(resolve_weights_file(name)).metadata["finetuned_from"] == info["finetuned_from"]

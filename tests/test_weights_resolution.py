@@ -200,11 +200,11 @@ def test_ship_of_another_architecture_is_refused(tmp_path, package_untouched):
     assert result.returncode == 2 and str(mlp) in result.stderr and "architecture mlp" in result.stderr, result.stderr[-2000:]
 
 
-def test_a_new_tag_with_its_own_preprocessing_coexists_with_v1(scratch, tmp_path):
+def test_a_new_tag_with_its_own_preprocessing_coexists_with_v1(scratch, tmp_path, data_dir):
     """A v2 whose file differs from v1 in preprocessing ships as the new default while `cnn-mnist.v1` keeps
     loading exactly as before. Catches: files checked against the model's current spec instead of their tag's
     (v1 refused once the default moves), `zoo ship` not recording the tag's own spec, new models still built
-    as v1."""
+    as v1, `zoo train cnn-mnist.v1` (reproducing v1) training v2's model."""
     from zoo.cli import main
 
     v1_file = scratch.cnn["weights"]["v1"]["file"]
@@ -228,6 +228,11 @@ def test_a_new_tag_with_its_own_preprocessing_coexists_with_v1(scratch, tmp_path
         v1 = zoo.pipeline("cnn-mnist.v1", backend=backend)
         assert v1.spec.preprocessing == v1_preprocessing
         np.testing.assert_array_equal(v1(digit).logits, before[backend])
+    # Reproducing v1 after the default moved: `zoo train cnn-mnist.v1` trains v1's model on v1's preprocessing.
+    from zoo.train import TrainConfig, prepare_model_and_data
+
+    v1_model, _ = prepare_model_and_data(TrainConfig(model="cnn-mnist.v1", max_train_examples=8), "torch", data_dir)
+    assert v1_model.zoo_spec.preprocessing == v1_preprocessing and v1_model.zoo_spec.name == "cnn-mnist"
 
 
 def test_every_model_is_built_as_its_default_tag_and_every_tag_records_its_spec():

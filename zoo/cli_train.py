@@ -11,7 +11,8 @@ RECIPES = Path(__file__).with_name("recipes")  # installed with the package: the
 
 
 def recipe_path(config: str | None, model: str) -> Path | None:
-    """`--config`: a JSON file, or the name of a bundled recipe (`cnn-mnist-article`); default: the model's own."""
+    """`--config`: a JSON file, or the name of a bundled recipe (`cnn-mnist-article`); default: the model's own
+    (for `NAME.TAG`, the tag's own recipe `NAME.TAG.json` when the default has moved on, else `NAME.json`)."""
     if config:
         path = Path(config)
         if path.is_file():
@@ -20,8 +21,10 @@ def recipe_path(config: str | None, model: str) -> Path | None:
             return RECIPES / f"{config}.json"
         known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.json")))
         raise FileNotFoundError(f"--config {config}: neither a file nor a bundled recipe (bundled: {known})")
-    path = RECIPES / f"{model}.json"
-    return path if path.is_file() else None
+    for path in (RECIPES / f"{model}.json", RECIPES / f"{model.partition('.')[0]}.json"):
+        if path.is_file():
+            return path
+    return None
 
 
 def compilation_cache(backend: str) -> None:
@@ -166,7 +169,8 @@ def _cmd_ship(args) -> int:
             "trained_in": ckpt.metadata.get("written_by", "?").split(";")[0].split(" ")[0],
             "written_by": ckpt.metadata.get("written_by"), "train_wall_time_s": summary.get("train_wall_time_s"),
             "machine": summary.get("machine"), "data_license": DATASETS[spec.dataset]["license"],
-            "final_val_accuracy": summary.get("final_val_accuracy"), "metrics": {},
+            "final_val_accuracy": summary.get("final_val_accuracy"), "best_epoch": summary.get("best_epoch"),
+            "best_val_accuracy": summary.get("best_val_accuracy"), "metrics": {},
             "model_config": ckpt.config, "preprocessing": ckpt.preprocessing,
         }
         e["default_tag"] = args.tag

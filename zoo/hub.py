@@ -64,6 +64,27 @@ def base_dataset(finetuned_from: str | None) -> str | None:
         return None
 
 
+def versions_table(registry_ref: str | None) -> str:
+    """For a registry file of a model with several tags: every tag's recorded test accuracy, this one marked, so a
+    v2 card shows what v1 measured (each figure belongs to its own file, named by its sha256)."""
+    if not registry_ref:
+        return ""
+    from . import registry
+
+    name, this_tag = registry.split_tag(registry_ref)
+    info = registry.model_info(name)
+    if len(info["weights"]) < 2:
+        return ""
+    rows = []
+    for tag, w in sorted(info["weights"].items()):
+        acc = {b: f"{100 * m['test_accuracy']:.2f} %" for b, m in w.get("metrics", {}).items()}
+        role = "this file" if tag == this_tag else ("default" if tag == info["default_tag"] else "older")
+        rows.append(f"| `{name}.{tag}` | {role} | {acc.get('torch', '–')} | {acc.get('jax', '–')} | `{w['sha256'][:12]}` |")
+    return ("\n## All versions of this model\n\nEach recorded by `zoo eval --record` on its own file; load any with "
+            f"`zoo.load(\"{name}.TAG\")`.\n\n| weights | | test acc. (torch) | test acc. (jax) | sha256 |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
+
+
 def model_card(metadata: dict[str, str], repo_id: str, info: dict[str, Any] | None, provenance: dict[str, Any]) -> str:
     """A Hub model card: YAML front matter plus usage for both backends. Metrics and recipe come only from
     `provenance` (see `prepare_folder`): a card never claims figures measured on another file."""
@@ -109,6 +130,7 @@ def model_card(metadata: dict[str, str], repo_id: str, info: dict[str, Any] | No
     else:
         results = ("## Evaluation\n\nThis file was not evaluated: its sha256 matches none of the registry's shipped weights and it "
                    "was pushed without `zoo push --evaluate`, so this card reports no test metrics.\n")
+    results += versions_table(registry_ref)
     footer = [f"File sha256 `{provenance.get('sha256')}`.",
               f"Written by {metadata.get('written_by', '?')}, zoo {metadata.get('zoo_version', '?')}."]
     for d in datasets:

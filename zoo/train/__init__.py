@@ -26,7 +26,7 @@ from ..backends import Backend, backend_for, canonical_backend, get_backend
 from ..checkpoint import make_metadata, write_checkpoint
 from ..numerics import log_softmax
 from ..optim import OptimizerConfig
-from ..registry import get_spec
+from ..registry import get_spec, split_tag
 
 STATE_FILE = "train_state.safetensors"
 LOSS_READ_EVERY = 20  # steps between reading the losses back to the host (the progress bar's figure)
@@ -165,7 +165,8 @@ def prepare_model_and_data(cfg: TrainConfig, backend: str, data_dir: str | None 
 
     b = get_backend(backend, device=cfg.device)
     if cfg.data is None:  # the registry model's own dataset (validation: its own split, else held out of train)
-        spec = get_spec(cfg.model)
+        name, tag = split_tag(cfg.model)  # `lstm-imdb.v1`: the model as that tag was built (its config, preprocessing)
+        spec = get_spec(name, tag)
         spec = spec.replace(config={**spec.config, **cfg.model_overrides})
         if cfg.init_from:
             model = api.load(cfg.init_from, backend=backend, seed=cfg.seed, labels=spec.labels, device=cfg.device, **cfg.model_overrides)
