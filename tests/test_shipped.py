@@ -68,7 +68,8 @@ def test_shipped_weights_are_accurate_on_a_test_slice_in_both_backends(tagged, d
     results = {b: evaluate(zoo.load(tagged, backend=b), b, data, spec) for b in ("torch", "jax")}
     for backend, result in results.items():
         expected = recorded[backend]["test_accuracy"]
-        assert abs(result["accuracy"] - expected) <= 0.02, f"{tagged} [{backend}]: {result['accuracy']:.4f} on the slice, recorded {expected}"
+        assert abs(result["accuracy"] - expected) <= 0.02, \
+            f"{tagged} [{backend}]: {result['accuracy']:.4f} on the slice, recorded {expected}"
     disagree = int((results["torch"]["predictions"] != results["jax"]["predictions"]).sum())
     assert disagree <= 0.001 * len(data), f"{tagged}: backends disagree on {disagree} of {len(data)} predictions"
 

@@ -180,7 +180,8 @@ def text_weights_table() -> str:
             continue
         for tag, w in sorted(info["weights"].items()):
             cfg = w["config"]
-            kept = f"{w['best_epoch']} of {cfg['epochs']} (best validation)" if w.get("best_epoch") else f"{cfg['epochs']} of {cfg['epochs']} (the last)"
+            kept = f"{w['best_epoch']} of {cfg['epochs']} (best validation)" if w.get("best_epoch") \
+                else f"{cfg['epochs']} of {cfg['epochs']} (the last)"
             val = w.get("best_val_accuracy") or w.get("final_val_accuracy")
             rows.append(f"| `{name}` | {tag}{' (default)' if tag == info['default_tag'] else ''} | {_accuracy(w['metrics'], 'torch')} "
                         f"| {_accuracy(w['metrics'], 'jax')} | {kept} | {100 * val:.2f} % | `{w['recipe']}` |")
@@ -190,7 +191,8 @@ def text_weights_table() -> str:
     study = ["| run | model | change | validation acc. per epoch (%) | best | vs its baseline | kept |", "|---" * 7 + "|"]
     for run in runs:
         curve = _validation_curve(run["run"])
-        delta = f"{100 * (max(curve) - max(_validation_curve(run['baseline']))):+.2f} pp (`{run['baseline']}`)" if run.get("baseline") else "–"
+        baseline = run.get("baseline")
+        delta = f"{100 * (max(curve) - max(_validation_curve(baseline))):+.2f} pp (`{baseline}`)" if baseline else "–"
         study.append(f"| `{run['run']}` | `{run['model']}` | {run['change']} | {' → '.join(f'{100 * v:.2f}' for v in curve)} "
                      f"| {100 * max(curve):.2f} % | {delta} | {run['kept']} |")
     return "\n".join([TEXT_START, *rows, "", *study, TEXT_END])

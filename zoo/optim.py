@@ -78,7 +78,7 @@ def _optax_clip_like_torch(max_norm: float):
     import optax
 
     def update(updates, state, params=None):
-        scale = jnp.minimum(1.0, max_norm / (optax.global_norm(updates) + 1e-6))
+        scale = jnp.minimum(1.0, max_norm / (optax.tree_utils.tree_norm(updates) + 1e-6))
         return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
