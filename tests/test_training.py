@@ -140,3 +140,22 @@ def test_deterministic_switch_sets_each_frameworks_own_flag(monkeypatch):
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1 --xla_gpu_deterministic_ops=true"
     make_deterministic("jax")  # once is enough
     assert os.environ["XLA_FLAGS"].count("deterministic") == 1
+
+
+@pytest.mark.slow
+def test_preprocessing_overrides_shape_the_data_and_travel_with_the_checkpoint(data_dir, tmp_path):
+    """A new tag may change `max_len`: the run's data is cut to it and every checkpoint records it. Catches the
+    override reaching the checkpoint but not the tokenised data (or the reverse)."""
+    from zoo.checkpoint import read_checkpoint
+    from zoo.train import TrainConfig, fit, prepare_model_and_data
+
+    cfg = TrainConfig(model="gru-imdb", backend="torch", epochs=1, batch_size=8, max_train_examples=16,
+                      preprocessing_overrides={"max_len": 96})
+    model, data = prepare_model_and_data(cfg, "torch", data_dir)
+    assert model.zoo_spec.preprocessing["max_len"] == 96
+    assert max(len(s) for s in data["train"].inputs) == 96 and max(len(s) for s in data["val"].inputs) == 96
+    assert all(x.shape[1] <= 96 for x, _ in batches(data["train"], model.zoo_spec, 8))
+    fit(cfg, tmp_path, data_dir=data_dir, progress=False)
+    with pytest.raises(ValueError, match="head_tokens=64 must lie in 0..max_len=40"):
+        prepare_model_and_data(TrainConfig(model="gru-imdb", preprocessing_overrides={"max_len": 40}), "torch", data_dir)
+    assert read_checkpoint(tmp_path / "final.safetensors").preprocessing["max_len"] == 96

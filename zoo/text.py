@@ -42,6 +42,8 @@ def truncate(ids: Sequence[int], max_len: int, rule: str, head_tokens: int) -> l
     if rule == "head":
         return ids[:max_len]
     if rule == "head_tail":
+        if not 0 <= head_tokens <= max_len:
+            raise ValueError(f"preprocessing head_tokens={head_tokens} must lie in 0..max_len={max_len}")
         return ids[:head_tokens] + ids[len(ids) - (max_len - head_tokens):]
     raise ValueError(f"unknown truncation rule {rule!r}; use 'head' or 'head_tail'")
 

@@ -48,6 +48,7 @@ class TrainConfig:
     eval_batch_size: int = 500
     checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"dropout": 0.2}
+    preprocessing_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"max_len": 400}: travels with the weights
     max_train_examples: int | None = None  # smoke tests and quick looks
     # Fine-tuning: start from weights (registry name[.tag], path or hf-hub: id) instead of a random init.
     init_from: str | None = None
@@ -178,6 +179,8 @@ def prepare_model_and_data(cfg: TrainConfig, backend: str, data_dir: str | None 
                 model.zoo_spec = spec
         else:
             model = b.build(spec, seed=cfg.seed)
+        if cfg.preprocessing_overrides:  # e.g. a longer max_len for a new tag; recorded in every checkpoint it writes
+            model.zoo_spec = model.zoo_spec.replace(preprocessing={**model.zoo_spec.preprocessing, **cfg.preprocessing_overrides})
         data = load_datasets(model.zoo_spec, data_dir, cfg.val_fraction, cfg.seed)
     else:
         from ..data.sources import load_source
