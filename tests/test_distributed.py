@@ -204,3 +204,33 @@ def test_gradient_accumulation_matches_the_large_batch(small_data, tmp_path, bac
     assert worst(diffs)[1] <= 1e-5, worst(diffs)
     steps = json.loads((tmp_path / "accum" / "metrics.jsonl").read_text().splitlines()[0])["step"]
     assert steps == STEPS, "one optimizer step per 2 micro-batches"
+
+
+JAX_CPU = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["cnn-mnist", "lstm-imdb"])
+def test_jax_two_devices_and_two_processes_match_one_device(small_data, tmp_path, model):
+    """One process over 2 CPU devices (the batch sharded on the mesh's 'data' axis), and 2 processes joined by
+    jax.distributed (each feeding its own half), vs one device. Catches: parameters not replicated (or the batch
+    not split), a process feeding the whole global batch as its slice, the loss averaged per device and then
+    summed, or process 1 writing files."""
+    run([sys.executable, *train_command(model, "jax", tmp_path / "one", small_data, tmp_path)], env=JAX_CPU)
+    two_devices = {**JAX_CPU, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = run([sys.executable, *train_command(model, "jax", tmp_path / "devices", small_data, tmp_path, "--distributed")],
+              env=two_devices)
+    assert "in 2 slices (1 process(es))" in out.stdout
+    address = f"127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen([sys.executable, *train_command(model, "jax", tmp_path / "processes", small_data, tmp_path,
+                                                              "--distributed", "--coordinator-address", address,
+                                                              "--num-processes", "2", "--process-id", str(i))],
+                              env={**os.environ, **JAX_CPU, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o in outputs]
+    assert "in 2 slices (2 process(es))" in outputs[0][0] and "data-parallel" not in outputs[1][0]
+    for run_dir in ("devices", "processes"):
+        diffs = relative_difference(tmp_path / "one" / "epoch-1.safetensors", tmp_path / run_dir / "epoch-1.safetensors")
+        print(model, f"jax {run_dir} vs 1 device:", worst(diffs))
+        assert worst(diffs)[1] <= 1e-5, (run_dir, worst(diffs))

@@ -289,7 +289,9 @@ def start_data_parallel(device=None) -> dict:
     if device is not None and ":" in str(device):
         raise ValueError(f"device {device!r}: a distributed run uses every device of its kind; give --device gpu (or cpu)")
     devices = jax.devices(parse_device(device).platform) if device is not None else jax.devices()
-    mesh = jax.make_mesh((len(devices),), ("data",), devices=devices)
+    # Auto: the compiler propagates the shardings through the unchanged step (Explicit, make_mesh's default, would
+    # ask every reshape for its output's sharding)
+    mesh = jax.make_mesh((len(devices),), ("data",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
     return {"rank": jax.process_index(), "world_size": jax.process_count(), "mesh": mesh}
 
 
