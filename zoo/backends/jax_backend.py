@@ -52,9 +52,18 @@ def device_of(model: nnx.Module) -> jax.Device | None:
 
 
 def _put(obj, device) -> None:
-    """Move a model's (or optimizer's) whole state to `device` in place."""
-    if device is not None:
+    """Move a model's (or optimizer's) whole state to `device` (or a mesh's sharding) in place."""
+    if isinstance(device, NamedSharding):
+        nnx.update(obj, jax.tree.map(lambda x: _put_array(x, device), nnx.state(obj)))
+    elif device is not None:
         nnx.update(obj, jax.device_put(nnx.state(obj), device))
+
+
+def _put_array(x: jax.Array, sharding: NamedSharding) -> jax.Array:
+    """One array onto a mesh; typed PRNG keys (dropout's) as their raw data, which device_put takes across processes."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(jax.device_put(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    return jax.device_put(x, sharding)
 
 
 @nnx.jit
