@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -97,12 +98,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_command(model: str, backend: str, out: Path, data: Path, tmp_path: Path, *extra: str) -> list[str]:
-    """`zoo train` for one epoch of STEPS x BATCH, no dropout, warm-up and cosine decay."""
+def train_command(model: str, backend: str, out: Path, data: Path, tmp_path: Path, *extra: str, epochs: int = 1) -> list[str]:
+    """`zoo train` for `epochs` epochs of STEPS x BATCH, no dropout, warm-up and cosine decay."""
     config = tmp_path / f"{model}.json"
     config.write_text(json.dumps({"model_overrides": NO_DROPOUT[model], "optimizer": OPTIMIZER.get(model, ADAMW)}))
     return ["-m", "zoo.cli", "train", model, "--backend", backend, "--config", str(config), "--data-dir", str(data),
-            "--out", str(out), "--epochs", "1", "--batch-size", str(BATCH), "--max-train-examples", str(STEPS * BATCH),
+            "--out", str(out), "--epochs", str(epochs), "--batch-size", str(BATCH), "--max-train-examples", str(STEPS * BATCH),
             "--no-augment", "--no-progress", *extra]
 
 
@@ -146,14 +147,19 @@ def test_torchrun_two_ranks_match_one_process(small_data, tmp_path, model):
     steps = [json.loads(line)["step"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [STEPS], "one metrics line, written by rank 0 alone"
     if model == "cnn-mnist":  # the two-rank checkpoint is an ordinary one: it loads in JAX with the usual parity
-        import zoo
-        from zoo.testing import example_batch
+        assert logits_gap_between_backends(tmp_path / "two" / "final.safetensors") <= 1e-4
 
-        path = str(tmp_path / "two" / "final.safetensors")
-        torch_model, jax_model = zoo.load(path, backend="torch"), zoo.load(path, backend="jax")
-        x, _ = example_batch(torch_model.zoo_spec, 8, seed=3)
-        gap = float(np.abs(backend_for(torch_model).logits(torch_model, x) - backend_for(jax_model).logits(jax_model, x)).max())
-        assert gap <= 1e-4, gap
+
+def logits_gap_between_backends(path: Path) -> float:
+    """The largest |torch - JAX| logit of a checkpoint loaded in both backends (8 examples)."""
+    import zoo
+    from zoo.testing import example_batch
+
+    torch_model, jax_model = zoo.load(str(path), backend="torch"), zoo.load(str(path), backend="jax")
+    x, _ = example_batch(torch_model.zoo_spec, 8, seed=3)
+    gap = float(np.abs(backend_for(torch_model).logits(torch_model, x) - backend_for(jax_model).logits(jax_model, x)).max())
+    print(path.parent.name, "torch vs JAX logits:", gap)
+    return gap
 
 
 RESNET_FLOAT64 = """
@@ -234,3 +240,130 @@ def test_jax_two_devices_and_two_processes_match_one_device(small_data, tmp_path
         diffs = relative_difference(tmp_path / "one" / "epoch-1.safetensors", tmp_path / run_dir / "epoch-1.safetensors")
         print(model, f"jax {run_dir} vs 1 device:", worst(diffs))
         assert worst(diffs)[1] <= 1e-5, (run_dir, worst(diffs))
+    # the reverse of the torch check above: what 2 JAX processes wrote loads in torch with the usual parity
+    assert logits_gap_between_backends(tmp_path / "processes" / "final.safetensors") <= 1e-4
+
+
+# --- a rank killed mid-run (SIGKILL: no handler runs, no goodbye to the others), then --resume (slow tier).
+# 3 epochs of 20 steps, the training state written every 5; the kill comes just after the first one is written.
+
+KILL_EPOCHS, CHECKPOINT_EVERY, FAIL_WITHIN_S = 3, 5, 60
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
+    """Poll (every 10 ms: a step takes tens) until `path` exists; the run must still be going."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended ({proc.returncode}) before {path.name} was written"
+        assert time.monotonic() < deadline, f"no {path.name} after {timeout} s"
+        time.sleep(0.01)
+
+
+def torchrun_worker(launcher: subprocess.Popen, rank: int) -> int:
+    """The pid of torchrun's worker process for `rank` (its RANK variable)."""
+    import psutil
+
+    workers = [p for p in psutil.Process(launcher.pid).children(recursive=True) if p.environ().get("RANK") == str(rank)]
+    assert len(workers) == 1, workers
+    return workers[0].pid
+
+
+def seconds_until_exit(proc: subprocess.Popen, limit: float = FAIL_WITHIN_S + 240) -> tuple[float, str]:
+    """How long `proc` takes to end from now (at most `limit`: a hang fails the test), and its stdout + stderr."""
+    import time
+
+    began = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"still running {limit} s after the kill: the run hangs") from None
+    return time.monotonic() - began, out + err
+
+
+def resumed_at(output: str) -> tuple[int, int]:
+    """(epoch, step) of `fit`'s 'resuming ... at epoch E, step S' line."""
+    found = re.search(r"resuming .* at epoch (\d+), step (\d+)", output)
+    assert found, output[-3000:]
+    return int(found[1]), int(found[2])
+
+
+@pytest.mark.slow
+def test_torchrun_a_killed_rank_fails_the_run_and_resume_finishes_it(small_data, tmp_path):
+    """SIGKILL of rank 1 right after the first training state is written. Catches: rank 0 hanging forever in
+    DDP's all-reduce (gloo's own timeout is 30 min) or a launcher that restarts the group silently; a failure that
+    does not say which rank died; a resume that forgets the optimizer state, the learning-rate schedule's
+    position or the step within the epoch (it would redo or skip batches), or reads a half-written state: each
+    ends at other weights than the uninterrupted 2-rank run's."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return torchrun(2, *train_command("cnn-mnist", "torch", out, small_data, tmp_path, "--distributed", "--checkpoint-every",
+                                          str(CHECKPOINT_EVERY), *extra, epochs=KILL_EPOCHS))
+
+    launcher = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_file(tmp_path / "killed" / "train_state.safetensors", launcher)
+    os.kill(torchrun_worker(launcher, 1), 9)
+    took, output = seconds_until_exit(launcher)
+    print(f"torchrun ended {took:.1f} s after SIGKILL of rank 1 (exit {launcher.returncode})")
+    assert launcher.returncode != 0 and took <= FAIL_WITHIN_S, (launcher.returncode, took)
+    named = re.search(r"rank\s*:\s*1 \(local_rank: 1\)", output)
+    assert named and "SIGKILL" in output, output[-3000:]
+    print(output[named.start() - 200 : named.end() + 200])
+    assert not (tmp_path / "killed" / "final.safetensors").exists()
+
+    resumed = run(command(tmp_path / "killed", "--resume"))
+    epoch, step = resumed_at(resumed.stdout)
+    print("resumed at epoch", epoch, "step", step)
+    assert (epoch, step) != (1, 0) and step % CHECKPOINT_EVERY == 0
+    run(command(tmp_path / "whole"))
+    diffs = relative_difference(tmp_path / "whole" / "final.safetensors", tmp_path / "killed" / "final.safetensors")
+    print("torch killed + resumed vs uninterrupted:", worst(diffs))
+    assert worst(diffs)[1] <= 1e-6, worst(diffs)
+
+
+def jax_processes(model: str, out: Path, data: Path, tmp_path: Path, *extra: str) -> list[subprocess.Popen]:
+    """Two `zoo train --distributed` JAX processes (one CPU device each) joined by jax.distributed."""
+    address = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, **JAX_CPU, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return [subprocess.Popen([sys.executable, *train_command(model, "jax", out, data, tmp_path, "--distributed", "--coordinator-address",
+                                                             address, "--num-processes", "2", "--process-id", str(i), *extra,
+                                                             epochs=KILL_EPOCHS)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def finished(procs: list[subprocess.Popen]) -> str:
+    """Wait for every process; they must all succeed. Process 0's stdout."""
+    outputs = [p.communicate(timeout=900) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o in outputs]
+    return outputs[0][0]
+
+
+@pytest.mark.slow
+def test_jax_a_killed_process_fails_the_run_and_resume_finishes_it(small_data, tmp_path):
+    """SIGKILL of process 1 of 2 right after the first training state is written. Catches: process 0 waiting
+    forever in the cross-process all-reduce (jax.distributed's heartbeat, shortened to HEARTBEAT_TIMEOUT_S, must
+    end it) or failing without naming the lost process; a resume that forgets the optimizer state, the dropout
+    RNG streams or the step position, or that places the restored arrays on one process's device instead of the
+    mesh (the step would not run): each ends at other weights than the uninterrupted 2-process run's."""
+    cfg = ("--checkpoint-every", str(CHECKPOINT_EVERY))
+    procs = jax_processes("cnn-mnist", tmp_path / "killed", small_data, tmp_path, *cfg)
+    wait_for_file(tmp_path / "killed" / "train_state.safetensors", procs[0])
+    os.kill(procs[1].pid, 9)
+    took, output = seconds_until_exit(procs[0])
+    procs[1].communicate()
+    print(f"JAX process 0 ended {took:.1f} s after SIGKILL of process 1 (exit {procs[0].returncode})")
+    print("\n".join(line for line in output.splitlines() if "task" in line.lower() or "heartbeat" in line.lower())[-2000:])
+    assert procs[0].returncode != 0 and took <= FAIL_WITHIN_S, (procs[0].returncode, took)
+    assert re.search(r"task[: /]*1\b", output, re.IGNORECASE), output[-3000:]
+    assert not (tmp_path / "killed" / "final.safetensors").exists()
+
+    epoch, step = resumed_at(finished(jax_processes("cnn-mnist", tmp_path / "killed", small_data, tmp_path, *cfg, "--resume")))
+    print("resumed at epoch", epoch, "step", step)
+    assert (epoch, step) != (1, 0) and step % CHECKPOINT_EVERY == 0
+    finished(jax_processes("cnn-mnist", tmp_path / "whole", small_data, tmp_path, *cfg))
+    diffs = relative_difference(tmp_path / "whole" / "final.safetensors", tmp_path / "killed" / "final.safetensors")
+    print("jax killed + resumed vs uninterrupted:", worst(diffs))
+    assert worst(diffs)[1] <= 1e-6, worst(diffs)
