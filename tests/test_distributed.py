@@ -212,6 +212,21 @@ def test_gradient_accumulation_matches_the_large_batch(small_data, tmp_path, bac
     assert steps == STEPS, "one optimizer step per 2 micro-batches"
 
 
+@pytest.mark.slow
+def test_torchrun_two_ranks_with_gradient_accumulation_match_one_process(small_data, tmp_path):
+    """2 ranks x 2 micro-batches of 16 vs one process with batches of 64. Catches: DDP all-reducing after every
+    micro-batch while the ranks weight them as a whole batch (no `no_sync`: a right sum, but only by luck of the
+    order), micro-batches cut before the rank's slice (ranks overlapping), or the last batch cut to a multiple of
+    the ranks alone (not ranks x micro-batches: a micro-batch of unequal size)."""
+    run([sys.executable, *train_command("cnn-mnist", "torch", tmp_path / "one", small_data, tmp_path)])
+    two = run(torchrun(2, *train_command("cnn-mnist", "torch", tmp_path / "two", small_data, tmp_path, "--distributed",
+                                         "--grad-accum", "2")))
+    assert "in 2 slices (2 process(es)) x 2 micro-batch(es)" in two.stdout
+    diffs = relative_difference(tmp_path / "one" / "epoch-1.safetensors", tmp_path / "two" / "epoch-1.safetensors")
+    print("cnn-mnist torch, 2 ranks x 2 x 16 vs 64:", worst(diffs))
+    assert worst(diffs)[1] <= 1e-5, worst(diffs)
+
+
 JAX_CPU = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
 
