@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -260,10 +261,15 @@ def fit(cfg: TrainConfig, out_dir: str | os.PathLike, data_dir: str | None = Non
         make_deterministic(backend_name)
     parallel = start_data_parallel(backend_name, cfg.device) if cfg.distributed else {}  # before any computation
     try:
-        return _fit(cfg, Path(out_dir), backend_name, parallel, data_dir, resume, progress)
-    finally:
-        if cfg.distributed:
-            stop_data_parallel(backend_name)
+        result = _fit(cfg, Path(out_dir), backend_name, parallel, data_dir, resume, progress)
+    except BaseException as error:
+        if cfg.distributed:  # no orderly leave: JAX's waits at a barrier for every process, which a dead one never reaches
+            print(f"zoo train: rank {parallel['rank']} of {parallel['world_size']} failed: {type(error).__name__}: {error}",
+                  file=sys.stderr, flush=True)
+        raise
+    if cfg.distributed:
+        stop_data_parallel(backend_name)
+    return result
 
 
 def _fit(cfg: TrainConfig, out: Path, backend_name: str, parallel: dict, data_dir, resume: bool, progress: bool) -> dict[str, Any]:
