@@ -3,12 +3,13 @@ both frameworks: the step at 1 process (global batch 64) vs 2 (32 per rank), spl
 communication, and the all-reduce volume. Then an ESTIMATE for 8 GPUs from that volume.
 
     python benchmarks/data_parallel.py [--models cnn-mnist lstm-imdb] [--backends torch jax] [--batch 64]
-        [--seq-len 128] [--steps 7] [--warmup 2] [--out benchmarks/results/data_parallel]
+        [--seq-len 128] [--steps 15] [--warmup 2] [--out benchmarks/results/data_parallel]
 
 Every setting runs in a fresh process, each process on 1 thread (1 process: half of a 2-core machine; 2: one core
 each). Per-step times are medians of `--steps` steps measured in that one run, after `--warmup` (JAX: compilation).
 - torch: 2 ranks under torchrun (DDP, gloo). Steps alternate with and without DDP's gradient all-reduce (`no_sync`),
-  each after a barrier: compute = the step without it, communication = the difference of the medians.
+  each after a barrier: compute = the step without it, communication = the difference of the medians (near 0 it
+  is noise, and may come out negative).
 - JAX: 1 vs 2 CPU devices in one process (XLA_FLAGS=--xla_force_host_platform_device_count=2; the same jitted step,
   the batch sharded over the mesh). Communication = an all-reduce of a parameter-sized float32 buffer over the mesh,
   timed alone; compute = the step minus that.
@@ -70,7 +71,7 @@ params = sum(p.numel() for p in model.parameters() if p.requires_grad)
 step_s = statistics.median(times[True])
 compute_s = statistics.median(times[False]) if b.world_size > 1 else step_s  # 1 rank: nothing to communicate
 if b.rank == 0:
-    print(json.dumps({"step_ms": ms(step_s), "compute_ms": ms(compute_s), "comm_ms": ms(max(step_s - compute_s, 0.0)),
+    print(json.dumps({"step_ms": ms(step_s), "compute_ms": ms(compute_s), "comm_ms": ms(step_s - compute_s),
                       "parameters": params, "input": "x".join(map(str, x.shape))}))
 """
 
@@ -145,20 +146,24 @@ def measure(model: str, backend: str, processes: int, args) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Per model, a stacked bar per framework and rank count: compute, then all-reduce (one below the noise,
+    negative, drawn as 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [f"{r['model']}\n{r['backend']}, {r['ranks']} rank(s)" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(rows)), 4.5))
-    ax.bar(names, [r["compute_ms"] for r in rows], color="tab:blue", label="compute")
-    ax.bar(names, [r["comm_ms"] for r in rows], bottom=[r["compute_ms"] for r in rows], color="tab:orange",
-           label="gradient all-reduce")
-    ax.set_ylabel("ms per training step (global batch 64, median)")
-    ax.set_yscale("log")
-    ax.tick_params(axis="x", labelsize=7)
-    ax.legend()
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        mine = [r for r in rows if r["model"] == model]
+        names = [f"{r['backend']}\n{r['ranks']} rank(s)" for r in mine]
+        ax.bar(names, [r["compute_ms"] for r in mine], color="tab:blue", label="compute")
+        ax.bar(names, [max(r["comm_ms"], 0) for r in mine], bottom=[r["compute_ms"] for r in mine], color="tab:orange",
+               label="gradient all-reduce")
+        ax.set_title(model)
+        ax.set_ylabel("ms per training step (global batch 64, median)")
+        ax.legend()
     fig.suptitle("1 vs 2 data-parallel ranks on a 2-core CPU (1 thread per rank; a loaded machine)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -177,7 +182,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["torch", "jax"])
     parser.add_argument("--batch", type=int, default=64, help="the global batch")
     parser.add_argument("--seq-len", type=int, default=128, help="text: tokens per review")
-    parser.add_argument("--steps", type=int, default=7, help="timed steps per setting (median)")
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per setting (median)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / NAME))
     args = parser.parse_args()
@@ -187,11 +192,12 @@ def main() -> None:
         for backend in args.backends:
             for processes in (1, 2):
                 rows.append(measure(model, backend, processes, args))
+                rows[-1]["step_vs_1_rank"] = round(rows[-1]["step_ms"] / rows[-processes]["step_ms"], 2)
                 print(rows[-1], flush=True)
     out = Path(args.out)
     versions = f"torch {version('torch')}, jax {version('jax')}, flax {version('flax')}"
-    write_results(NAME, rows, ["model", "backend", "ranks", "per_rank_batch", "input", "step_ms", "compute_ms", "comm_ms",
-                               "parameters", "all_reduce_bytes"], out, versions=versions)
+    write_results(NAME, rows, ["model", "backend", "ranks", "per_rank_batch", "input", "step_ms", "step_vs_1_rank", "compute_ms",
+                               "comm_ms", "parameters", "all_reduce_bytes"], out, versions=versions)
     estimate = estimate_8_gpus(rows)
     payload = json.loads((out / f"{NAME}.json").read_text())
     payload.update(settings=vars(args), estimate_8_gpus=estimate,
@@ -202,8 +208,9 @@ def main() -> None:
         f.write(f"\nMedians of {args.steps} steps after {args.warmup} warm-up steps, every setting in a fresh process on 1 thread "
                 f"per rank; text {args.seq_len} tokens per review. The machine was loaded by other jobs (this ran at nice 19): "
                 "read ratios, not absolute times. torch: communication = the step minus the same step under `no_sync()` "
-                "(no all-reduce), alternated; JAX: 2 CPU devices of one process, communication = an all-reduce of a "
-                "parameter-sized buffer timed alone. all_reduce_bytes = trainable parameters x 4 (float32 gradients).\n")
+                "(no all-reduce), alternated (a difference below the noise may come out negative); JAX: 2 CPU devices of one "
+                "process, communication = an all-reduce of a parameter-sized buffer timed alone. all_reduce_bytes = "
+                "trainable parameters x 4 (float32 gradients); step_vs_1_rank = the step's time over the 1-rank step's.\n")
         if estimate:
             f.write("\n## ESTIMATE (not measured): 8 GPUs, global batch 64 (8 per GPU)\n\n"
                     "Assumed: one H100 step at batch 64 from `../shared/reference/performance.md` (PyTorch eager, data on the GPU: "
