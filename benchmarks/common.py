@@ -28,6 +28,20 @@ def checkout_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 
+def run_child(code: str, args: dict, launcher: tuple[str, ...] = (), env: dict | None = None) -> list[dict]:
+    """Run `code` in a fresh interpreter that imports this checkout's zoo (after `launcher`, e.g. torchrun's
+    arguments ending in --no-python, with `env` added); its JSON lines, parsed."""
+    import subprocess
+    import sys
+
+    command = [*launcher, sys.executable, "-c", code, json.dumps(args)]
+    out = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env={**checkout_env(), **(env or {})},
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child failed ({out.returncode}):\n{out.stderr[-4000:]}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
 def machine() -> dict:
     import os
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import checkout_env, write_results  # noqa: E402
+from common import run_child, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_MODELS = ["lstm-imdb", "gru-imdb", "transformer-imdb"]
@@ -88,14 +87,6 @@ for model, item in ((args["image_model"], digit), (args["text_model"], review)):
                           "overhead_ms": paired("pipeline", "logits"),
                           "overhead_vs_preprocess_logits_ms": paired("pipeline", "preprocess_logits")}))
 """
-
-
-def run_child(code: str, args: dict) -> list[dict]:
-    """Run `code` in a fresh interpreter that imports this checkout's zoo; its JSON lines, parsed."""
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], cwd=ROOT, env=checkout_env(), capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"benchmark child failed ({out.returncode}):\n{out.stderr[-4000:]}")
-    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -54,3 +54,22 @@ def test_train_time_smoke_runs_zoo_train_in_both_backends(data_dir, tmp_path):
         assert r["epochs"] == json.loads((ROOT / "zoo" / "recipes" / "cnn-mnist-fast.json").read_text())["epochs"]
         assert 0 < r["train_s"] < r["command_s"]
         assert 0.5 < r["test_accuracy"] < 0.99 and r["reached_target"] is False  # 640 images: learning, not yet 99 %
+
+
+def test_data_parallel_smoke_writes_rows_estimate_and_chart(tmp_path):
+    """benchmarks/data_parallel.py on 1 step of batch 8, torch only (1 process, then 2 ranks under torchrun): the
+    rows, the all-reduce volume, the 8-GPU estimate and the chart. The JAX settings run the same loop in the full run."""
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "data_parallel.py"), "--models", "cnn-mnist", "--backends",
+                          "torch", "--batch", "8", "--steps", "1", "--warmup", "0", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    payload = json.loads((tmp_path / "data_parallel.json").read_text())
+    one, two = payload["rows"]
+    assert (one["ranks"], two["ranks"]) == (1, 2) and (one["per_rank_batch"], two["per_rank_batch"]) == (8, 4)
+    assert one["comm_ms"] == 0 and one["step_ms"] == one["compute_ms"] > 0 and two["step_ms"] > 0 and two["comm_ms"] >= 0
+    assert two["all_reduce_bytes"] == 4 * two["parameters"] == 4 * 582026  # cnn-mnist's float32 gradients
+    assert [e["model"] for e in payload["estimate_8_gpus"]] == ["cnn-mnist"]
+    assert payload["estimate_8_gpus"][0]["all_reduce_MB"] == 2.33
+    md = (tmp_path / "data_parallel.md").read_text()
+    assert "| cnn-mnist | torch | 2 | 4 |" in md and "ESTIMATE" in md and "loaded by other jobs" in md
+    assert (tmp_path / "data_parallel.png").stat().st_size > 1000

@@ -55,7 +55,7 @@ def _load_config(args, model: str | None = None, recipe: bool = True):
     if args.backend:
         values["backend"] = args.backend
     for key in ("epochs", "batch_size", "seed", "checkpoint_every", "max_train_examples", "init_from", "backbone_lr_scale",
-                "early_stopping_patience", "name", "device", "select_on", "deterministic"):
+                "early_stopping_patience", "name", "device", "select_on", "deterministic", "distributed", "grad_accum"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     if getattr(args, "freeze", None) is not None:
@@ -70,9 +70,21 @@ def _load_config(args, model: str | None = None, recipe: bool = True):
     return TrainConfig.from_dict(values)
 
 
+def jax_processes(args) -> None:
+    """`--coordinator-address`, `--num-processes`, `--process-id`: the JAX_* variables `start_data_parallel` reads
+    (each process of a run has its own id, so they describe the launch, not the training config)."""
+    import os
+
+    for option, variable in (("coordinator_address", "JAX_COORDINATOR_ADDRESS"), ("num_processes", "JAX_NUM_PROCESSES"),
+                             ("process_id", "JAX_PROCESS_ID")):
+        if getattr(args, option, None) is not None:
+            os.environ[variable] = str(getattr(args, option))
+
+
 def _cmd_train(args) -> int:
     from .train import fit
 
+    jax_processes(args)
     cfg = _load_config(args)
     out = args.out or f"runs/{cfg.model}-{cfg.backend}"
     compilation_cache(cfg.backend)
@@ -85,6 +97,7 @@ def _cmd_finetune(args) -> int:
     from . import api
     from .train import fit
 
+    jax_processes(args)
     base, _ = api.load_checkpoint_for(args.base, pretrained=False)  # the architecture behind BASE
     args.init_from = None if args.from_scratch else args.base
     cfg = _load_config(args, model=base.name, recipe=False)  # not the base's pretraining recipe: defaults
@@ -206,6 +219,13 @@ def _add_training_options(p) -> None:
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic kernels (torch.use_deterministic_algorithms; XLA's deterministic GPU ops): on a GPU, "
                         "exact resume is promised only with this")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step: --batch-size stays the step's batch")
+    p.add_argument("--distributed", action="store_true", default=None,
+                   help="data-parallel: torch under torchrun (DDP, one rank per process); JAX over every device it sees "
+                        "(several processes: --coordinator-address etc.); --batch-size is the global batch")
+    p.add_argument("--coordinator-address", help="JAX, several processes: HOST:PORT of process 0 (JAX_COORDINATOR_ADDRESS)")
+    p.add_argument("--num-processes", type=int, help="JAX, several processes: how many (JAX_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=int, help="JAX, several processes: this one's index (JAX_PROCESS_ID)")
 
 
 def add_commands(sub) -> None:

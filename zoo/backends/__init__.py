@@ -18,8 +18,9 @@ class Backend:
     build(spec, seed, source) -> model on the device      state_to_numpy(model) / load_numpy_state(model, tensors, source)
     to_input(batch[, spec]) -> framework array on device  logits(model, batch) -> NumPy on the host
     gradients(model, batch, labels)                        train_mode(model, freeze)
-    trainer(model, cfg, freeze, backbone_lr_scale)         trainer_state(trainer) / restore_trainer_state(...)
-    framework_version(); for_model(model) builds the backend that matches a loaded model (its spec and device)."""
+    trainer(model, cfg, freeze, backbone_lr_scale, grad_accum)  trainer_state(trainer) / restore_trainer_state(...)
+    framework_version(); for_model(model) builds the backend that matches a loaded model (its spec and device).
+    Data-parallel runs: shards (equal parts of each global batch), mean_over_ranks(value), barrier()."""
 
     NAME = ""
 
@@ -36,6 +37,18 @@ class Backend:
                              "pass spec= (zoo.registry.get_spec(NAME) describes a registry model)")
         return spec
 
+    @property
+    def shards(self) -> int:
+        """How many equal parts a data-parallel step cuts each global batch into (ranks, or devices)."""
+        return 1
+
+    def mean_over_ranks(self, value: float) -> float:
+        """A per-rank figure averaged over ranks; a single process, or one program over all processes, has one."""
+        return value
+
+    def barrier(self) -> None:
+        """Wait for every rank; nothing to wait for in a single process."""
+
     def __repr__(self) -> str:
         spec = self.spec.name if self.spec is not None else None
         return f"{type(self).__name__}(spec={spec!r}, device={str(self.device)!r}, rank={self.rank}, world_size={self.world_size})"
@@ -48,11 +61,32 @@ def canonical_backend(backend: str) -> str:
         raise ValueError(f"Unknown backend {backend!r}; use 'torch' or 'jax'") from None
 
 
-def get_backend(backend: str, spec=None, device=None) -> Backend:
-    """A backend object: `get_backend("torch", spec, device="cuda")`; without a spec it uses each model's own."""
+def get_backend(backend: str, spec=None, device=None, **parallel) -> Backend:
+    """A backend object: `get_backend("torch", spec, device="cuda")`; without a spec it uses each model's own.
+    `parallel`: what `start_data_parallel` returned (rank, world size; JAX's mesh)."""
     name = canonical_backend(backend)
     module = importlib.import_module(f"zoo.backends.{name}_backend")
-    return module.BACKEND_CLASS(spec=spec, device=device)
+    return module.BACKEND_CLASS(spec=spec, device=device, **parallel)
+
+
+def start_data_parallel(backend: str, device=None) -> dict:
+    """Join the run's other processes (torch: the process group torchrun describes; JAX: jax.distributed, when
+    several processes are described, and a mesh over every device) and return `get_backend`'s `parallel`."""
+    module = importlib.import_module(f"zoo.backends.{canonical_backend(backend)}_backend")
+    return module.start_data_parallel(device)
+
+
+def stop_data_parallel(backend: str) -> None:
+    """Leave the process group (torch) or the distributed runtime (JAX) that `start_data_parallel` joined."""
+    importlib.import_module(f"zoo.backends.{canonical_backend(backend)}_backend").stop_data_parallel()
+
+
+def micro_batches(n: int, parts: int) -> list[slice]:
+    """`parts` equal slices of a batch of `n` (gradient accumulation); a batch that does not divide is refused."""
+    if n % parts:
+        raise ValueError(f"a batch of {n} does not split into {parts} equal micro-batches")
+    size = n // parts
+    return [slice(i * size, (i + 1) * size) for i in range(parts)]
 
 
 def backend_of(model) -> str:

@@ -100,12 +100,19 @@ def augment_images(images: np.ndarray, rng_or_params: np.random.Generator | np.n
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def pad_tokens(seqs: np.ndarray, pad_id: int, multiple: int = PAD_MULTIPLE, max_len: int | None = None) -> np.ndarray:
-    """Right-pad a batch to the next multiple of `multiple` (at most `max_len`): few shapes, few compilations."""
+def pad_width(seqs, multiple: int = PAD_MULTIPLE, max_len: int | None = None) -> int:
+    """The longest sequence rounded up to a multiple of `multiple`, at most `max_len`."""
+    width = -(-max(len(s) for s in seqs) // multiple) * multiple
+    return min(width, max_len) if max_len is not None else width
+
+
+def pad_tokens(seqs: np.ndarray, pad_id: int, multiple: int = PAD_MULTIPLE, max_len: int | None = None,
+               width: int | None = None) -> np.ndarray:
+    """Right-pad a batch to the next multiple of `multiple` (at most `max_len`): few shapes, few compilations.
+    `width`: pad to this instead (a data-parallel rank pads its slice to the whole global batch's width)."""
     from ..text import pad
 
-    width = -(-max(len(s) for s in seqs) // multiple) * multiple
-    return pad(seqs, pad_id, width=min(width, max_len) if max_len is not None else width)
+    return pad(seqs, pad_id, width=width or pad_width(seqs, multiple, max_len))
 
 
 def epoch_order(n: int, seed: int, epoch: int, batch_size: int, lengths: np.ndarray | None = None) -> np.ndarray:
@@ -123,29 +130,51 @@ def epoch_order(n: int, seed: int, epoch: int, batch_size: int, lengths: np.ndar
 
 
 def batches(data: ArraySet, spec: ModelSpec, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True,
-            augment: bool = False, start_step: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            augment: bool = False, start_step: int = 0, rank: int = 0, world_size: int = 1,
+            divisible_by: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Canonical (inputs, labels) batches of one epoch, from step `start_step` on (for resuming).
-    With `world_size` > 1, each rank gets its contiguous slice of every global batch."""
+    With `world_size` > 1, each rank gets its contiguous, equal slice of every global batch, and text is
+    padded to the global batch's width, so all ranks see the same shapes and together exactly the batches
+    one process sees. `divisible_by` (default `world_size`): the epoch's last batch is cut to a multiple of
+    it (see `global_batches`), so it too splits evenly over ranks, devices and micro-batches."""
     is_text = spec.preprocessing["kind"] == "text"
     lengths = np.fromiter((len(s) for s in data.inputs), np.int64, len(data)) if is_text else None
     order = epoch_order(len(data), seed, epoch, batch_size, lengths) if shuffle else np.arange(len(data))
-    for step, begin in enumerate(range(0, len(data), batch_size)):
+    divisible_by = divisible_by or world_size
+    if divisible_by % world_size:
+        raise ValueError(f"divisible_by={divisible_by} must be a multiple of world_size={world_size}")
+    for step, (global_index, drawn) in enumerate(global_batches(order, batch_size, divisible_by)):
         if step < start_step:
             continue
-        global_index = order[begin : begin + batch_size]
-        mine = np.array_split(np.arange(len(global_index)), world_size)[rank]
+        share = len(global_index) // world_size  # equal slices: DDP and sharding average them unweighted
+        mine = np.arange(rank * share, (rank + 1) * share)
         index = global_index[mine]
         labels = data.labels[index]
         if is_text:
             p = spec.preprocessing
-            yield pad_tokens(data.inputs[index], p["pad_id"], max_len=p["max_len"]), labels
+            width = pad_width(data.inputs[global_index], max_len=p["max_len"])
+            yield pad_tokens(data.inputs[index], p["pad_id"], width=width), labels
         else:
             images = data.inputs[index]
-            if augment:
-                params = augment_params(len(global_index), np.random.default_rng([seed, epoch, step]))
+            if augment:  # drawn for the whole batch before any cut: an example's augmentation never depends on the cut
+                params = augment_params(drawn, np.random.default_rng([seed, epoch, step]))
                 images = augment_images(images, params[mine])
             yield normalise(images, spec.preprocessing), labels
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return -(-n // batch_size)
+def global_batches(order: np.ndarray, batch_size: int, divisible_by: int = 1) -> Iterator[tuple[np.ndarray, int]]:
+    """The epoch's global batches as (indices, size before any cut). The last batch, when its size is not a
+    multiple of `divisible_by`, loses its last few examples (fewer than `divisible_by`; a batch left empty is
+    dropped): cut deterministically, never split unequally. With `divisible_by=1` nothing is cut."""
+    for begin in range(0, len(order), batch_size):
+        index = order[begin : begin + batch_size]
+        drawn = len(index)
+        index = index[: len(index) - len(index) % divisible_by]
+        if len(index):
+            yield index, drawn
+
+
+def steps_per_epoch(n: int, batch_size: int, divisible_by: int = 1) -> int:
+    """The number of batches `global_batches` gives for `n` examples."""
+    full, rest = divmod(n, batch_size)
+    return full + (rest >= divisible_by)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path, write_text_atomic
-from ..backends import Backend, backend_for, canonical_backend, get_backend
+from ..backends import Backend, backend_for, canonical_backend, get_backend, start_data_parallel, stop_data_parallel
 from ..checkpoint import make_metadata, write_checkpoint
 from ..numerics import log_softmax
 from ..optim import OptimizerConfig
@@ -61,10 +62,16 @@ class TrainConfig:
     name: str | None = None  # the trained model's name in its checkpoint (default: `model`)
     device: str | None = None  # torch: "cpu" (default), "cuda", "cuda:1"; JAX: "cpu", "gpu", "gpu:1" (default: JAX's default)
     deterministic: bool = False  # deterministic kernels (on a GPU, exact resume needs them); CPU kernels already are
+    # Data parallelism: batch_size stays the global batch (the optimizer's), cut into equal parts, one per rank
+    # (torch, under torchrun) or device (JAX: every device of every process), and into grad_accum micro-batches.
+    distributed: bool = False
+    grad_accum: int = 1
 
     def __post_init__(self):
         if self.select_on not in SELECTION_RULES:
             raise ValueError(f"select_on={self.select_on!r}: use one of {SELECTION_RULES}")
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum={self.grad_accum}: use 1 (no accumulation) or more micro-batches per step")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -250,22 +257,45 @@ def best_epoch(history: list[dict], select_on: str = "val_accuracy") -> dict:
 
 def fit(cfg: TrainConfig, out_dir: str | os.PathLike, data_dir: str | None = None, resume: bool = False,
         progress: bool = True) -> dict[str, Any]:
-    """Train, keeping the epoch with the best validation accuracy as the result (`final.safetensors`)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Train, keeping the epoch with the best validation accuracy as the result (`final.safetensors`).
+    With `cfg.distributed`, every process of the run calls this; rank 0 alone writes files."""
     backend_name = canonical_backend(cfg.backend)
     if cfg.deterministic:
         make_deterministic(backend_name)
+    parallel = start_data_parallel(backend_name, cfg.device) if cfg.distributed else {}  # before any computation
+    try:
+        result = _fit(cfg, Path(out_dir), backend_name, parallel, data_dir, resume, progress)
+    except BaseException as error:
+        if cfg.distributed:  # no orderly leave: JAX's waits at a barrier for every process, which a dead one never reaches
+            print(f"zoo train: rank {parallel['rank']} of {parallel['world_size']} failed: {type(error).__name__}: {error}",
+                  file=sys.stderr, flush=True)
+        raise
+    if cfg.distributed:
+        stop_data_parallel(backend_name)
+    return result
+
+
+def _fit(cfg: TrainConfig, out: Path, backend_name: str, parallel: dict, data_dir, resume: bool, progress: bool) -> dict[str, Any]:
     model, data = prepare_model_and_data(cfg, backend_name, data_dir)
-    b = get_backend(backend_name, spec=model.zoo_spec, device=cfg.device)  # the model as prepared: its spec, our device
+    b = get_backend(backend_name, spec=model.zoo_spec, device=cfg.device, **parallel)  # the model as prepared: its spec, our device
+    if b.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     from ..data.pipeline import steps_per_epoch
     from .freeze import Freeze
 
-    n_steps = steps_per_epoch(len(data["train"]), cfg.batch_size)
+    divisible_by = b.shards * cfg.grad_accum
+    if cfg.batch_size % divisible_by:
+        raise ValueError(f"batch size {cfg.batch_size} is the global batch: it must split into {b.shards} equal "
+                         f"{'rank' if b.NAME == 'torch' else 'device'} slices x {cfg.grad_accum} micro-batches; "
+                         f"use a multiple of {divisible_by}")
+    n_steps = steps_per_epoch(len(data["train"]), cfg.batch_size, divisible_by)
+    if cfg.distributed and b.rank == 0:
+        print(f"data-parallel: each global batch of {cfg.batch_size} in {b.shards} slices ({b.world_size} process(es)) "
+              f"x {cfg.grad_accum} micro-batch(es)", flush=True)
     if cfg.optimizer.schedule != "constant" and cfg.optimizer.total_steps <= 0:
         cfg.optimizer.total_steps = n_steps * cfg.epochs
     freeze = Freeze.from_config(cfg.freeze, model.zoo_spec.classifier)
-    trainer = b.trainer(model, cfg.optimizer, freeze=freeze, backbone_lr_scale=cfg.backbone_lr_scale)
+    trainer = b.trainer(model, cfg.optimizer, freeze=freeze, backbone_lr_scale=cfg.backbone_lr_scale, grad_accum=cfg.grad_accum)
     start_epoch, start_step, history = 0, 0, []
     state_path = out / STATE_FILE
     if resume and state_path.is_file():
@@ -273,20 +303,22 @@ def fit(cfg: TrainConfig, out_dir: str | os.PathLike, data_dir: str | None = Non
         b.restore_trainer_state(trainer, tensors, meta, str(state_path))
         start_epoch, start_step, history = meta["epoch"], meta["step_in_epoch"], meta["history"]
         print(f"resuming {cfg.model} [{backend_name}] at epoch {start_epoch + 1}, step {start_step}")
-    write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if b.rank == 0:
+        write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.early_stopping_patience and history and \
                 history[-1]["epoch"] - best_epoch(history, cfg.select_on)["epoch"] >= cfg.early_stopping_patience:
             print(f"early stop: no better {cfg.select_on.replace('_', ' ')} for {cfg.early_stopping_patience} epochs")
             break
-        run_epoch(cfg, b, trainer, data, epoch, start_step, n_steps, history, out, progress)
+        run_epoch(cfg, b, trainer, data, epoch, start_step, n_steps, history, out, progress and b.rank == 0)
         start_step = 0
     return finish(cfg, b, model, data, history, out)
 
 
 def run_epoch(cfg: TrainConfig, b, trainer, data: dict, epoch: int, start_step: int, n_steps: int, history: list,
               out: Path, progress: bool) -> None:
-    """One epoch from `start_step`: steps, validation, metrics line, epoch checkpoint, plot, training state."""
+    """One epoch from `start_step`: steps, validation, metrics line, epoch checkpoint, plot, training state.
+    Every rank validates (the same weights, the same result: early stopping agrees); rank 0 writes."""
     from tqdm.auto import tqdm
 
     from ..data.pipeline import batches
@@ -295,8 +327,9 @@ def run_epoch(cfg: TrainConfig, b, trainer, data: dict, epoch: int, start_step: 
     began = time.perf_counter()
     elapsed = history[-1]["elapsed_s"] if history else 0.0
     losses, read = [], []  # losses stay on the device; read back (a host sync) every LOSS_READ_EVERY steps
-    bar = tqdm(batches(data["train"], spec, cfg.batch_size, seed=cfg.seed, epoch=epoch, augment=cfg.augment, start_step=start_step),
-               total=n_steps, initial=start_step, desc=f"{spec.name} [{b.NAME}] epoch {epoch + 1}/{cfg.epochs}",
+    train = batches(data["train"], spec, cfg.batch_size, seed=cfg.seed, epoch=epoch, augment=cfg.augment, start_step=start_step,
+                    rank=b.rank, world_size=b.world_size, divisible_by=b.shards * cfg.grad_accum)
+    bar = tqdm(train, total=n_steps, initial=start_step, desc=f"{spec.name} [{b.NAME}] epoch {epoch + 1}/{cfg.epochs}",
                disable=not progress, dynamic_ncols=True, mininterval=2.0)
     for step, (x, y) in enumerate(bar, start=start_step):
         losses.append(trainer.step(x, y))
@@ -304,37 +337,42 @@ def run_epoch(cfg: TrainConfig, b, trainer, data: dict, epoch: int, start_step: 
             read += [float(v) for v in losses]
             losses.clear()
             bar.set_postfix(loss=f"{np.mean(read[-LOSS_READ_EVERY:]):.4f}")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < n_steps:
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < n_steps and b.rank == 0:
             save_training_state(out, b, trainer, cfg, epoch, step + 1, history)
     bar.close()
     read += [float(v) for v in losses]
     val = evaluate(model, b, data["val"], spec, cfg.eval_batch_size)
     from ..optim import learning_rate
 
-    record = {"epoch": epoch + 1, "step": trainer.steps_done, "train_loss": float(np.mean(read)) if read else None,
+    train_loss = b.mean_over_ranks(float(np.mean(read))) if read else None
+    record = {"epoch": epoch + 1, "step": trainer.steps_done, "train_loss": train_loss,
               "val_loss": val["loss"], "val_accuracy": val["accuracy"],
               "lr": float(learning_rate(cfg.optimizer, max(trainer.steps_done - 1, 0))),
               "elapsed_s": round(elapsed + time.perf_counter() - began, 1)}
     history.append(record)
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    print(json.dumps(record), flush=True)
-    write_checkpoint(out / f"epoch-{epoch + 1}.safetensors", b.state_to_numpy(model), make_metadata(spec, b.framework_version()))
-    plot_curves(history, out / "curves.png", f"{spec.name} [{b.NAME}]")
-    save_training_state(out, b, trainer, cfg, epoch + 1, 0, history)
+    if b.rank == 0:
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(json.dumps(record), flush=True)
+        write_checkpoint(out / f"epoch-{epoch + 1}.safetensors", b.state_to_numpy(model), make_metadata(spec, b.framework_version()))
+        plot_curves(history, out / "curves.png", f"{spec.name} [{b.NAME}]")
+        save_training_state(out, b, trainer, cfg, epoch + 1, 0, history)
+    b.barrier()  # the epoch's files are complete before any rank goes on (and reads them in `finish`)
 
 
 def finish(cfg: TrainConfig, b, model, data: dict, history: list, out: Path) -> dict[str, Any]:
-    """Keep the best validation epoch as `final.safetensors`, measure it on test (once), write the summary."""
+    """Keep the best validation epoch as `final.safetensors`, measure it on test (once), write the summary.
+    Every rank measures (JAX's arrays span every process); rank 0 writes."""
     import shutil
 
     from ..checkpoint import read_checkpoint
 
     best = best_epoch(history, cfg.select_on)
-    final = out / "final.safetensors"
-    with atomic_path(final) as tmp:
-        shutil.copyfile(out / f"epoch-{best['epoch']}.safetensors", tmp)
-    b.load_numpy_state(model, read_checkpoint(final).tensors, str(final))
+    final, kept = out / "final.safetensors", out / f"epoch-{best['epoch']}.safetensors"
+    if b.rank == 0:
+        with atomic_path(final) as tmp:
+            shutil.copyfile(kept, tmp)
+    b.load_numpy_state(model, read_checkpoint(kept).tensors, str(final))
     spec = model.zoo_spec
     test = evaluate(model, b, data["test"], spec, cfg.eval_batch_size) if data.get("test") is not None else None
     summary = {
@@ -348,6 +386,8 @@ def finish(cfg: TrainConfig, b, model, data: dict, history: list, out: Path) -> 
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "config": cfg.to_dict(), "weights": str(final), "finetuned_from": spec.finetuned_from, "data": data.get("source"),
     }
+    if b.rank != 0:
+        return summary
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     where = f"best validation epoch {best['epoch']} of {history[-1]['epoch']} ({100 * best['val_accuracy']:.2f} %)"
     print(f"{spec.name} [{b.NAME}]: {where}" + (f"; test accuracy {100 * test['accuracy']:.2f} %" if test else "; no test split"))
