@@ -48,15 +48,18 @@ def machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
 
 
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows])
+
+
 def write_results(name: str, rows: list[dict], columns: list[str], out_dir: str | Path = "benchmarks/results",
                   versions: str = "") -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "machine": machine(), "versions": versions, "rows": rows}
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
-    table = "\n".join(lines)
+    table = markdown_table(rows, columns)
     (out / f"{name}.md").write_text(f"# {name}\n\n{payload['machine']} {versions}\n\n{table}\n")
     print(table)
     return out / f"{name}.json"

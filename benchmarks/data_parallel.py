@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import run_child, write_results  # noqa: E402
+from common import markdown_table, run_child, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "data_parallel"
@@ -170,12 +170,6 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=["cnn-mnist", "lstm-imdb"])
@@ -218,7 +212,7 @@ def main() -> None:
                     f"NCCL ring all-reduce over NVLink at {NVLINK_BUS_GBPS} GB/s bus bandwidth plus {ALL_REDUCE_LATENCY_US} µs "
                     f"per call; all-reduce time = 2 (N-1)/N x bytes / bandwidth + latency, N = {GPUS}. Compute per step lies between "
                     "the ideal (1/8 of one GPU's) and the overhead-bound (unchanged: these models are too small to fill a GPU "
-                    "at 8 examples, see the reference's lessons).\n\n" + markdown_table(estimate) + "\n")
+                    "at 8 examples, see the reference's lessons).\n\n" + markdown_table(estimate, list(estimate[0])) + "\n")
     plot(rows, out / f"{NAME}.png")
 
 

@@ -21,7 +21,9 @@ def recipe_path(config: str | None, model: str) -> Path | None:
             return RECIPES / f"{config}.json"
         known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.json")))
         raise FileNotFoundError(f"--config {config}: neither a file nor a bundled recipe (bundled: {known})")
-    for path in (RECIPES / f"{model}.json", RECIPES / f"{model.partition('.')[0]}.json"):
+    from .registry import split_tag
+
+    for path in (RECIPES / f"{model}.json", RECIPES / f"{split_tag(model)[0]}.json"):
         if path.is_file():
             return path
     return None
