@@ -12,6 +12,12 @@ ARCHITECTURES: dict[str, dict[str, str]] = {
     "rnn": {"torch": "zoo.torch_models.rnn:RNNClassifier", "jax": "zoo.flax_models.rnn:RNNClassifier"},
     "transformer": {"torch": "zoo.torch_models.transformer:TransformerClassifier",
                     "jax": "zoo.flax_models.transformer:TransformerClassifier"},
+    # torchvision's classifiers: state dicts key-for-key torchvision's
+    "tv_resnet": {"torch": "zoo.torch_models.tv_resnet:ResNet", "jax": "zoo.flax_models.tv_resnet:ResNet"},
+    "tv_mobilenet_v3": {"torch": "zoo.torch_models.tv_mobilenet_v3:MobileNetV3", "jax": "zoo.flax_models.tv_mobilenet_v3:MobileNetV3"},
+    "tv_efficientnet": {"torch": "zoo.torch_models.tv_efficientnet:EfficientNet", "jax": "zoo.flax_models.tv_efficientnet:EfficientNet"},
+    "tv_convnext": {"torch": "zoo.torch_models.tv_convnext:ConvNeXt", "jax": "zoo.flax_models.tv_convnext:ConvNeXt"},
+    "tv_vit": {"torch": "zoo.torch_models.tv_vit:VisionTransformer", "jax": "zoo.flax_models.tv_vit:VisionTransformer"},
 }
 
 

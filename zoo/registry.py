@@ -17,6 +17,7 @@ from typing import Any
 
 REGISTRY_PATH = Path(__file__).with_name("registry.json")
 WEIGHTS_DIR = Path(__file__).with_name("weights")
+LABELS_DIR = Path(__file__).with_name("assets") / "labels"
 
 
 class UnknownModelError(KeyError):
@@ -40,6 +41,9 @@ class ModelSpec:
     tokenizer_json: str | None = None  # text models: a Hugging Face `tokenizers` JSON document
     classifier: str = ""  # the head's parameter prefix (timm's `classifier`): replaced when the labels change
     finetuned_from: str | None = None  # the weights this model started from, when it has another head or data
+    # where imported weights come from and what their publisher states (`zoo import`): source, source_weights,
+    # source_url, license, recipe, reported_metrics. Travels with every save, so a licence is never lost.
+    provenance: dict[str, str] | None = None
 
     # Flax keeps the spec as static data in the graph definition, so jit caches key on it: compare and
     # hash by value (two loads of one model share compiled code).
@@ -95,6 +99,15 @@ def model_info(name: str) -> dict[str, Any]:
     return {"name": name, **copy.deepcopy(_entry(name))}
 
 
+def _labels(entry: dict[str, Any]) -> list[str]:
+    """A list in the entry, or the name of a shared list in zoo/assets/labels/ (ImageNet's 1,000 classes)."""
+    labels = entry.get("labels", [])
+    if isinstance(labels, str):
+        with open(LABELS_DIR / f"{labels}.json", encoding="utf-8") as f:
+            return json.load(f)
+    return list(labels)
+
+
 def _bundled_tokenizer(entry: dict[str, Any]) -> str | None:
     if not entry.get("tokenizer"):
         return None
@@ -112,7 +125,7 @@ def get_spec(name: str, tag: str | None = None) -> ModelSpec:
         arch=e["arch"],
         config=copy.deepcopy(weights.get("model_config", e["config"])),
         preprocessing=copy.deepcopy(weights.get("preprocessing", e["preprocessing"])),
-        labels=list(e.get("labels", [])),
+        labels=_labels(e),
         task=e.get("task", ""),
         dataset=e.get("dataset", ""),
         tokenizer_json=_bundled_tokenizer(e),
@@ -134,6 +147,12 @@ def weights_entry(name: str, tag: str | None = None) -> dict[str, Any]:
     if not tag or tag not in e.get("weights", {}):
         available = ", ".join(sorted(e.get("weights", {}))) or "none yet"
         what = f"tag {tag!r}" if tag else "default weights"
+        if e.get("import_from"):  # weights the zoo may not redistribute: each user imports them
+            raise LookupError(
+                f"Model {name!r} ships no weights: import them once with `zoo import {e['import_from']} --weights DEFAULT "
+                f"--out {name}.safetensors` (needs torchvision and the internet), then zoo.load('{name}.safetensors'). "
+                "Or use pretrained=False for a randomly initialised model."
+            )
         raise LookupError(
             f"Model {name!r} has no pretrained {what} (available tags: {available}). "
             f"Use pretrained=False for a randomly initialised model, or train one with `zoo train {name}`."

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from ..checkpoint import check_tensors
-from .rules import RULES, Layout, PackedAttention, Renames, Rule, SameNames, register_rule, rule_for
+from .rules import RULES, Layout, OwnParams, PackedAttention, Renames, Rule, SameNames, register_rule, rule_for
 
 __all__ = [
     "torch_to_flax",
@@ -25,6 +25,7 @@ __all__ = [
     "Rule",
     "Renames",
     "SameNames",
+    "OwnParams",
     "PackedAttention",
     "Layout",
     "RULES",
@@ -41,7 +42,8 @@ def _layers(module: nnx.Module):
         rule = rule_for(layer)
         prefix = ".".join(str(p) for p in path)
         if rule is not None:
-            covered.append(path)
+            if rule.covers_children:
+                covered.append(path)
             handled.append((prefix + "." if prefix else "", layer, rule))
         elif any(isinstance(v, (nnx.Param, nnx.BatchStat)) for v in vars(layer).values()):
             raise TypeError(
@@ -68,7 +70,7 @@ def expected_torch_tensors(module: nnx.Module) -> dict[str, tuple[tuple[int, ...
 def _as_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch.Tensor, without importing torch
         value = value.detach().cpu().numpy()
-    return np.asarray(value)
+    return np.array(value)  # a copy: a later in-place update of the source (running statistics) must not reach the module
 
 
 def torch_to_flax(state_dict: dict[str, Any], module: nnx.Module, source: str = "state dict") -> nnx.Module:

@@ -37,6 +37,8 @@ def _set(var: nnx.Variable, value: np.ndarray) -> None:
 
 
 class Rule:
+    covers_children = True  # False: the rule handles the layer's own variables; its sublayers keep their rules
+
     def to_torch(self, layer: nnx.Module, kind: type = nnx.Variable) -> dict[str, np.ndarray]:
         """The layer's tensors under PyTorch names; `kind=nnx.Param` keeps parameters only."""
         raise NotImplementedError
@@ -66,19 +68,30 @@ class Renames(Rule):
 
 
 class SameNames(Rule):
-    """Layers whose Flax variables already carry PyTorch's names and layouts (the zoo's recurrent cells)."""
+    """Layers whose Flax variables already carry PyTorch's names (the zoo's recurrent cells), each with a layout
+    (default: the same shape)."""
+
+    def __init__(self, **layouts: Layout):
+        self.layouts = layouts
 
     def _variables(self, layer, kind=nnx.Variable):
         for name, var in vars(layer).items():
             if isinstance(var, (nnx.Param, nnx.BatchStat)) and isinstance(var, kind):
-                yield name, var
+                yield name, var, self.layouts.get(name, SAME)
 
     def to_torch(self, layer, kind=nnx.Variable):
-        return {name: _get(var) for name, var in self._variables(layer, kind)}
+        return {name: layout.to_torch(_get(var)) for name, var, layout in self._variables(layer, kind)}
 
     def to_flax(self, layer, tensors):
-        for name, var in self._variables(layer):
-            _set(var, tensors[name])
+        for name, var, layout in self._variables(layer):
+            _set(var, layout.to_flax(tensors[name]))
+
+
+class OwnParams(SameNames):
+    """A module's own parameters beside its sublayers (ConvNeXt's `layer_scale`, ViT's `class_token`), under the
+    same names; the sublayers convert by their own rules."""
+
+    covers_children = False
 
 
 class PackedAttention(Rule):
@@ -142,6 +155,7 @@ def _register_builtin_rules() -> None:
         Renames(weight="scale", bias="bias", running_mean="mean", running_var="var", num_batches_tracked=("num_batches_tracked", COUNTER)),
     )
     register_rule(nnx.MultiHeadAttention, PackedAttention())
+    register_rule(layers.OwnParamsModule, OwnParams())  # its sublayers convert by their own rules
     register_rule(layers.RNN, SameNames())  # LSTM and GRU, parameters already in PyTorch's names
 
 

@@ -6,6 +6,11 @@ from flax import nnx
 from flax.nnx.nn.attention import dot_product_attention_weights
 
 
+class OwnParamsModule(nnx.Module):
+    """A module that holds parameters of its own beside its sublayers (ConvNeXt's `layer_scale`, ViT's
+    `class_token`), in PyTorch's names and shapes; the converter's `OwnParams` rule maps them one to one."""
+
+
 class BatchNorm(nnx.Module):
     """BatchNorm over the last (channel) axis with `torch.nn.BatchNorm*d` semantics.
 
@@ -159,3 +164,103 @@ class RNN(nnx.Module):
                 finals.append(h)
             x = jnp.concatenate(outs, axis=-1)
         return x, jnp.stack(finals)
+
+
+def StochasticDepth(p: float, ndim: int = 4, *, rngs: nnx.Rngs) -> nnx.Dropout:
+    """torchvision's `StochasticDepth(p, "row")`: one keep-or-drop per sample, kept ones scaled by 1 / (1 - p),
+    which is `nnx.Dropout` with its mask broadcast over every axis but the batch."""
+    return nnx.Dropout(p, broadcast_dims=tuple(range(1, ndim)), rngs=rngs)
+
+
+@jax.custom_jvp
+def hard_sigmoid(x: jax.Array) -> jax.Array:
+    """`torch.nn.Hardsigmoid`: relu6(x + 3) / 6, as `jax.nn.hard_sigmoid`, with PyTorch's gradient. PyTorch's backward
+    multiplies by the float32 constant 1.0f / 6.0f whatever the dtype, 3e-8 off 1/6 in float64 (and `* (1/6)`
+    rather than `/ 6` in float32), which MobileNetV3's squeeze-excitation carries into every earlier gradient."""
+    return jax.nn.relu6(x + 3.0) / 6.0
+
+
+@hard_sigmoid.defjvp
+def _hard_sigmoid_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    one_sixth = jnp.asarray(jnp.float32(1.0) / jnp.float32(6.0), x.dtype)
+    return hard_sigmoid(x), jnp.where((x > -3.0) & (x < 3.0), t * one_sixth, jnp.zeros_like(t))
+
+
+# torchvision's convolutional building blocks (Conv2dNormActivation, SqueezeExcitation), by activation name so that
+# the PyTorch twins take the very same arguments.
+ACTIVATIONS = {"relu": jax.nn.relu, "hardswish": jax.nn.hard_swish, "silu": jax.nn.silu, "sigmoid": jax.nn.sigmoid,
+               "hardsigmoid": hard_sigmoid}
+# torch's `kaiming_normal_(w, mode="fan_out")` (gain sqrt(2), untruncated normal), which torchvision's CNNs apply to
+# every conv; Flax's HWIO fan-out (O * kh * kw) is PyTorch's, depthwise convs included.
+KAIMING_FAN_OUT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def uniform(bound: float) -> nnx.Initializer:
+    """U(-bound, bound), as PyTorch's `nn.init.uniform_(w, -bound, bound)` (nnx's `uniform` is U(0, scale))."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def trunc_normal(std: float, a: float = -2.0, b: float = 2.0) -> nnx.Initializer:
+    """PyTorch's `nn.init.trunc_normal_(w, std=std, a=a, b=b)`: N(0, std) cut at a and b, which are absolute
+    bounds, not multiples of std (nnx's `truncated_normal` cuts at +-2 std and rescales)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return std * jax.random.truncated_normal(key, a / std, b / std, shape, dtype)
+
+    return init
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """torchvision's `_make_divisible`: `v` rounded to a multiple of `divisor`, never more than 10% below `v`."""
+    min_value = divisor if min_value is None else min_value
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    return new_v + divisor if new_v < 0.9 * v else new_v
+
+
+class Sequential(nnx.List):
+    """`torch.nn.Sequential`: layers applied in order, at PyTorch's indexes. Parameter-free entries (activations)
+    may be plain functions; nnx.List keeps them as static entries."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for layer in self:
+            x = layer(x)
+        return x
+
+
+class Conv2dNormActivation(Sequential):
+    """torchvision's `Conv2dNormActivation` with BatchNorm: `0` a bias-free conv padded by (k - 1) // 2, `1` BatchNorm,
+    `2` the activation ("relu", "hardswish", "silu"; None: none)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
+                 activation: str | None = "relu", eps: float = 1e-5, momentum: float = 0.1, *, rngs: nnx.Rngs):
+        padding = (kernel_size - 1) // 2
+        layers = [
+            nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), strides=stride, padding=((padding, padding),) * 2,
+                     feature_group_count=groups, use_bias=False, kernel_init=KAIMING_FAN_OUT, rngs=rngs),
+            BatchNorm(out_channels, epsilon=eps, momentum=momentum),
+        ]
+        if activation is not None:
+            layers.append(ACTIVATIONS[activation])
+        super().__init__(layers)
+
+
+class SqueezeExcitation(nnx.Module):
+    """torchvision's `SqueezeExcitation`: global average pool, 1x1 conv `fc1`, activation, 1x1 conv `fc2`, scale
+    activation; the input multiplied by that per-channel scale."""
+
+    def __init__(self, input_channels: int, squeeze_channels: int, activation: str = "relu", scale_activation: str = "sigmoid",
+                 *, rngs: nnx.Rngs):
+        self.fc1 = nnx.Conv(input_channels, squeeze_channels, (1, 1), kernel_init=KAIMING_FAN_OUT, rngs=rngs)
+        self.fc2 = nnx.Conv(squeeze_channels, input_channels, (1, 1), kernel_init=KAIMING_FAN_OUT, rngs=rngs)
+        self.activation = ACTIVATIONS[activation]
+        self.scale_activation = ACTIVATIONS[scale_activation]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = x.mean(axis=(1, 2), keepdims=True)
+        scale = self.fc2(self.activation(self.fc1(scale)))
+        return self.scale_activation(scale) * x

@@ -79,3 +79,67 @@ def RNN(mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bidir
                 if name.startswith("bias_"):
                     value[forget] = forget_bias if name.startswith("bias_ih") else 0.0
     return rnn
+
+
+class StochasticDepth(nn.Module):
+    """torchvision's `StochasticDepth(p, "row")`: in training, each sample's residual branch is dropped with
+    probability `p` and kept ones are scaled by 1 / (1 - p). The Flax twin is `nnx.Dropout` broadcast over all
+    but the batch axis, the same operation."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        survival = 1.0 - self.p
+        keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(survival)
+        if survival > 0.0:
+            keep.div_(survival)
+        return x * keep
+
+
+# torchvision's convolutional building blocks (Conv2dNormActivation, SqueezeExcitation), by activation name so that
+# the Flax twins take the very same arguments.
+ACTIVATIONS = {"relu": nn.ReLU, "hardswish": nn.Hardswish, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "hardsigmoid": nn.Hardsigmoid}
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """torchvision's `_make_divisible`: `v` rounded to a multiple of `divisor`, never more than 10% below `v`."""
+    min_value = divisor if min_value is None else min_value
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    return new_v + divisor if new_v < 0.9 * v else new_v
+
+
+class Conv2dNormActivation(nn.Sequential):
+    """torchvision's `Conv2dNormActivation` with BatchNorm: `0` a bias-free conv padded by (k - 1) // 2, `1` BatchNorm,
+    `2` the activation ("relu", "hardswish", "silu"; None: none)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
+                 activation: str | None = "relu", eps: float = 1e-5, momentum: float = 0.1):
+        padding = (kernel_size - 1) // 2
+        layers = [
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False),
+            nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum),
+        ]
+        if activation is not None:
+            layers.append(ACTIVATIONS[activation]())
+        super().__init__(*layers)
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision's `SqueezeExcitation`: global average pool, 1x1 conv `fc1`, activation, 1x1 conv `fc2`, scale
+    activation; the input multiplied by that per-channel scale."""
+
+    def __init__(self, input_channels: int, squeeze_channels: int, activation: str = "relu", scale_activation: str = "sigmoid"):
+        super().__init__()
+        self.fc1 = nn.Conv2d(input_channels, squeeze_channels, 1)
+        self.fc2 = nn.Conv2d(squeeze_channels, input_channels, 1)
+        self.activation = ACTIVATIONS[activation]()
+        self.scale_activation = ACTIVATIONS[scale_activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = x.mean(dim=(2, 3), keepdim=True)  # what AdaptiveAvgPool2d(1) computes, bit for bit
+        scale = self.fc2(self.activation(self.fc1(scale)))
+        return self.scale_activation(scale) * x
