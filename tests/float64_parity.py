@@ -31,7 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zoo  # noqa: E402
 from zoo.backends import get_backend  # noqa: E402
 from zoo.optim import OptimizerConfig  # noqa: E402
-from zoo.testing import F64_RTOL, F64_STEP_ATOL, example_batch, max_violation  # noqa: E402
+from zoo.testing import (  # noqa: E402
+    F64_RTOL,
+    F64_STEP_ATOL,
+    example_batch,
+    max_violation,
+    parity_settings,
+    parity_spec,
+    without_constant_parameters,
+    without_random_drops,
+)
 
 TB, JB = get_backend("torch"), get_backend("jax")
 # One optimizer config per kind; weight decay large enough that dropping it moves parameters far beyond
@@ -69,9 +78,13 @@ class Twins:
 
     def __init__(self, name: str):
         self.spec = zoo.registry.get_spec(name)
-        self.overrides = {k: 0.0 for k in self.spec.config if "dropout" in k}
+        self.overrides = without_random_drops(self.spec)
         self.torch_model = torch_float64(zoo.load(name, backend="torch", pretrained=False, **self.overrides))
         self.jax_model = flax_float64(zoo.load(name, backend="jax", pretrained=False, **self.overrides))
+        # float32 twins beside them: how far each framework's float32 rounding moves the logits from its own float64 run
+        self.torch_f32 = zoo.load(name, backend="torch", pretrained=False, **self.overrides).eval()
+        self.jax_f32 = zoo.load(name, backend="jax", pretrained=False, **self.overrides)
+        self.jax_f32.eval()
         self.trainers = {label: JB.trainer(self.jax_model, cfg) for label, cfg in OPTIMIZERS.items()}
         self.fresh_optimizers = {label: nnx.clone(t.optimizer) for label, t in self.trainers.items()}
 
@@ -85,16 +98,46 @@ class Twins:
             trainer.steps_done = 0
 
 
+def logits_evidence(twins: Twins, tensors: dict[str, np.ndarray], x: np.ndarray) -> dict:
+    """Eval-mode logits: the float64 twins against each other (a mismatch shows here, far above 1e-13), and each
+    float32 twin against its own float64 run (float32 rounding, which alone separates the float32 twins)."""
+    TB.load_numpy_state(twins.torch_f32, tensors, "float32 twin")
+    JB.load_numpy_state(twins.jax_f32, tensors, "float32 twin")
+    twins.torch_model.eval()
+    twins.jax_model.eval()
+    t64, j64 = TB.logits(twins.torch_model, x), JB.logits(twins.jax_model, x)
+    t32, j32 = TB.logits(twins.torch_f32, x), JB.logits(twins.jax_f32, x)
+    return {
+        "logits_f64_max_abs_diff": float(np.abs(j64 - t64).max()),
+        "logits_f64_max_violation": max_violation(j64, t64, 0.0, F64_RTOL),
+        "logits_f32_twin_diff": float(np.abs(j32.astype(np.float64) - t32).max()),
+        "logits_f32_torch_rounding": float(np.abs(t32.astype(np.float64) - t64).max()),
+        "logits_f32_jax_rounding": float(np.abs(j32.astype(np.float64) - j64).max()),
+    }
+
+
+def adam_amplified(torch_grad: np.ndarray, jax_grad: np.ndarray, param: np.ndarray, cfg: OptimizerConfig) -> np.ndarray:
+    """Entries whose first Adam update, lr * g / (|g| + eps), differs between the twins by more than F64_STEP_ATOL / 2
+    from the gradients' own float64 rounding difference: Adam amplifies it by lr * eps / (|g| + eps)^2, up to
+    lr / 4 eps near |g| ~ eps (2.5e4 at lr 1e-3). Adam+L2 (torch's `adam`) sees g + wd * p."""
+    decay = cfg.weight_decay * param if cfg.name == "adam" else 0.0
+    t, j = torch_grad + decay, jax_grad + decay
+    return cfg.lr * np.abs(t / (np.abs(t) + cfg.eps) - j / (np.abs(j) + cfg.eps)) > F64_STEP_ATOL / 2
+
+
 def measure(twins: Twins, seed: int, steps: int) -> dict:
     spec = twins.spec
-    tensors = TB.state_to_numpy(zoo.load(spec.name, backend="torch", pretrained=False, seed=seed, **twins.overrides))
-    batch = BATCH if spec.preprocessing["kind"] == "text" else 4
-    short = spec.replace(preprocessing={**spec.preprocessing, "max_len": MAX_TOKENS}) if spec.preprocessing["kind"] == "text" else spec
+    fresh = zoo.load(spec.name, backend="torch", pretrained=False, seed=seed, **twins.overrides)
+    tensors = without_constant_parameters(TB.state_to_numpy(fresh), dict(fresh.named_parameters()), seed=seed)
+    text = spec.preprocessing["kind"] == "text"
+    batch = BATCH if text else parity_settings(spec.name).get("float64_batch", 4)
+    short = spec.replace(preprocessing={**spec.preprocessing, "max_len": MAX_TOKENS}) if text else parity_spec(spec)
     batches = [example_batch(short, batch, seed=1000 * seed + step) for step in range(steps)]
     result: dict = {"model": spec.name, "seed": seed}
 
     twins.reset(tensors)
     x, y = batches[0]
+    result.update(logits_evidence(twins, tensors, x))
     torch_loss, torch_grads = TB.gradients(twins.torch_model, x, y)
     jax_loss, jax_grads = JB.gradients(twins.jax_model, x, y)
     assert set(torch_grads) == set(jax_grads) and all(g.dtype == np.float64 for g in jax_grads.values())
@@ -107,6 +150,8 @@ def measure(twins: Twins, seed: int, steps: int) -> dict:
         torch_model, jax_model = twins.torch_model, twins.jax_model
         torch_trainer, jax_trainer = TB.trainer(torch_model, cfg), twins.trainers[label]
         tiny = {k: np.zeros(p.shape, bool) for k, p in torch_model.named_parameters()}
+        if label != "sgd":  # also where the first gradients' float64 difference alone predicts first updates that far apart
+            tiny = {k: adam_amplified(torch_grads[k], jax_grads[k], tensors[k], cfg) for k in tiny}
         for x, y in batches:
             torch_trainer.step(x, y)
             jax_trainer.step(x, y)

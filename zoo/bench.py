@@ -36,12 +36,15 @@ MIN_RUN_S = 0.5  # each timed run lasts at least this long (more steps for fast 
 
 
 def distinct_models() -> list[str]:
-    """Every registry model whose architecture and config differ from an earlier one's (cnn-usps is cnn-mnist's
-    network with other weights: same speed)."""
-    from .registry import get_spec, list_models
+    """Every registry model the zoo trains whose architecture and config differ from an earlier one's (cnn-usps is
+    cnn-mnist's network with other weights: same speed). torchvision's classifiers (`import_from`) have no article
+    baseline and are not in the default run."""
+    from .registry import get_spec, list_models, model_info
 
     seen, names = set(), []
     for name in list_models():
+        if model_info(name).get("import_from"):
+            continue
         spec = get_spec(name)
         key = (spec.arch, json.dumps(spec.config, sort_keys=True))
         if key not in seen:
