@@ -12,9 +12,10 @@ from __future__ import annotations
 from ._version import __version__
 from .registry import list_models, model_info
 
-__all__ = ["__version__", "list_models", "model_info", "load", "save", "pipeline", "convert", "registry"]
+__all__ = ["__version__", "list_models", "model_info", "load", "save", "pipeline", "import_weights", "convert", "registry"]
 
-_LAZY = {"load": "api", "save": "api", "pipeline": "api", "Pipeline": "api", "Prediction": "api"}
+_LAZY = {"load": "api", "save": "api", "pipeline": "api", "Pipeline": "api", "Prediction": "api",
+         "import_weights": "torchvision_import"}
 
 
 def __getattr__(name: str):

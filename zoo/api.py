@@ -12,7 +12,7 @@ import numpy as np
 
 from . import registry
 from .backends import backend_for, backend_of, canonical_backend, get_backend, unwrap
-from .checkpoint import Checkpoint, CheckpointError, make_metadata, read_checkpoint, write_checkpoint
+from .checkpoint import PROVENANCE_KEYS, Checkpoint, CheckpointError, make_metadata, read_checkpoint, write_checkpoint
 from .fetch import download, parse_hub_name, resolve_weights_file  # noqa: F401 (zoo.api.resolve_weights_file)
 from .registry import ModelSpec
 
@@ -37,6 +37,7 @@ def spec_from_checkpoint(ckpt: Checkpoint) -> ModelSpec:
         tokenizer_json=ckpt.tokenizer_json,
         classifier=ckpt.metadata.get("classifier") or _registry_classifier(ckpt.arch, ckpt.model),
         finetuned_from=ckpt.metadata.get("finetuned_from"),
+        provenance={k: ckpt.metadata[k] for k in PROVENANCE_KEYS if k in ckpt.metadata} or None,
     )
 
 
@@ -68,7 +69,7 @@ def load_checkpoint_for(name_or_path: str, pretrained: bool = True) -> tuple[Mod
     return spec.replace(tokenizer_json=ckpt.tokenizer_json or spec.tokenizer_json), ckpt
 
 
-def load(name_or_path: str, backend: str = "torch", pretrained: bool = True, seed: int = 0, *,
+def load(name_or_path: str | os.PathLike, backend: str = "torch", pretrained: bool = True, seed: int = 0, *,
          num_classes: int | None = None, labels: list[str] | None = None, device: Any = None, **overrides: Any):
     """A ready model: `torch.nn.Module` (backend="torch") or `flax.nnx.Module` (backend="jax"), in eval
     mode, with `.zoo_spec` describing exactly the model built (config, labels, preprocessing, tokenizer,
@@ -81,6 +82,7 @@ def load(name_or_path: str, backend: str = "torch", pretrained: bool = True, see
     loads strictly, the head (the spec's `classifier` prefix) keeps its fresh, seeded initialisation, and
     `zoo_spec.finetuned_from` names the weights it came from. The same labels in another order permute the
     head's rows instead. `overrides` change other config values (e.g. `dropout=0.0`) where the weights allow."""
+    name_or_path = os.fspath(name_or_path)  # a pathlib.Path too
     b = get_backend(backend, device=device)
     spec, ckpt = load_checkpoint_for(name_or_path, pretrained)
     source = ckpt.path if ckpt else spec.name
@@ -121,7 +123,8 @@ def _with_head(spec: ModelSpec, ckpt: Checkpoint | None, origin: str, num_classe
     if sorted(labels) == sorted(spec.labels):  # the same classes in another order: permute the head's rows
         rows = [spec.labels.index(label) for label in labels]
         return new, {n: (t[rows] if n in keys else t) for n, t in ckpt.tensors.items()}
-    return new.replace(finetuned_from=origin_name(origin)), {  # the immediate parent, like the Hub's base_model
+    provenance = {k: v for k, v in (spec.provenance or {}).items() if k != "reported_metrics"} or None  # a new head: not their accuracy
+    return new.replace(finetuned_from=origin_name(origin), provenance=provenance), {  # the immediate parent, like the Hub's base_model
         n: t for n, t in ckpt.tensors.items() if n not in keys}
 
 
@@ -158,6 +161,9 @@ class Prediction:
 # --batch-sizes): larger batches ran no faster, but each doubling added 0.1-0.3 GB to transformer-imdb's peak
 # (attention at 64 x 256 tokens: 64 MB a layer); 256 MNIST-sized images add under 0.1 GB.
 DEFAULT_BATCH_SIZE = {"text": 64, "image": 256}
+# Photo classifiers (ImageNet-sized inputs, `resize_size` in their preprocessing): not measured; 256 photos at 224x224 are
+# 154 MB of input alone, and a ResNet-50's activations many times that.
+PHOTO_BATCH_SIZE = 32
 SORT_WINDOW_BATCHES = 32  # texts are sorted by length within windows of this many batches: little padding, bounded memory
 AUTO_PROGRESS_BATCHES = 4  # progress=None shows a bar once an input runs to more batches than this
 
@@ -188,7 +194,8 @@ class Pipeline:
         self.kind = self.spec.preprocessing["kind"]
         if self.kind not in DEFAULT_BATCH_SIZE:
             raise ValueError(f"{self.spec.name}: unknown preprocessing kind {self.kind!r}")
-        self.batch_size = check_batch_size(batch_size) or DEFAULT_BATCH_SIZE[self.kind]
+        photos = self.kind == "image" and "resize_size" in self.spec.preprocessing
+        self.batch_size = check_batch_size(batch_size) or (PHOTO_BATCH_SIZE if photos else DEFAULT_BATCH_SIZE[self.kind])
         self.progress = progress
 
     def preprocess(self, inputs: Any) -> np.ndarray:
@@ -308,7 +315,7 @@ class _ProgressBar:
 def pipeline(name_or_model: Any, backend: str | None = None, pretrained: bool = True, *, device: Any = None,
              batch_size: int | None = None, progress: bool | None = None) -> Pipeline:
     """`zoo.pipeline("cnn-mnist", backend="jax")(images)` -> Prediction; also accepts a loaded model (on any device).
-    `batch_size`: inputs per forward pass (None: 64 for text, 256 for images); `progress`: a tqdm bar
+    `batch_size`: inputs per forward pass (None: 64 for text, 256 for images, 32 for photo classifiers); `progress`: a tqdm bar
     (None: shown for inputs of more than 4 batches)."""
     check_batch_size(batch_size)  # before loading a model for nothing
     if isinstance(name_or_model, (str, os.PathLike)):

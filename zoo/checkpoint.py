@@ -66,9 +66,13 @@ def make_metadata(spec, written_by: str) -> dict[str, str]:
     }
     if spec.finetuned_from:
         meta["finetuned_from"] = spec.finetuned_from
+    meta.update(spec.provenance or {})
     if spec.tokenizer_json:
         meta["tokenizer"] = spec.tokenizer_json
     return meta
+
+
+PROVENANCE_KEYS = ("source", "source_weights", "source_url", "license", "recipe", "reported_metrics")  # `zoo import`'s record
 
 
 def write_checkpoint(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Path:

@@ -47,6 +47,18 @@ def _cmd_push(args) -> int:
     return 0
 
 
+def _cmd_import(args) -> int:
+    from .torchvision_import import import_weights
+
+    try:
+        path = import_weights(args.source, weights=args.weights, out=args.out, progress=not args.quiet)
+    except (ImportError, OSError) as e:  # torchvision missing, no network
+        print(f"zoo import: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}  (load it with zoo.load({str(path)!r}, backend='torch' or 'jax'))")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -86,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="for --evaluate: folder with <dataset>/test.parquet (default $ZOO_DATA_DIR, else the Hub)")
     p.set_defaults(func=_cmd_push)
+    p = sub.add_parser(
+        "import", help="import torchvision's pretrained weights as a zoo checkpoint (needs torchvision, the internet once)",
+        description="Fetch a torchvision classifier's pretrained weights through torchvision (its download cache and hash check), "
+                    "load them strictly into the zoo's PyTorch twin and write one zoo .safetensors that loads in both backends. "
+                    "The file records the weights' preprocessing (their transforms()), category names, source URL, recipe, "
+                    "licence (as torchvision states it, or 'not stated by torchvision') and the accuracy torchvision reports "
+                    "(not measured by the zoo).")
+    p.add_argument("source", help="torchvision:NAME, e.g. torchvision:resnet50 (see `zoo list` for the six importable models)")
+    p.add_argument("--weights", default="DEFAULT", help="torchvision's weights name, e.g. IMAGENET1K_V2 (default: DEFAULT)")
+    p.add_argument("--out", help="file to write (default: NAME.WEIGHTS.safetensors in the working directory)")
+    p.add_argument("--quiet", action="store_true", help="no download progress bar")
+    p.set_defaults(func=_cmd_import)
     p = sub.add_parser("demo", help="load a model in both backends, predict digits, compare the outputs")
     p.add_argument("--model", default="cnn-mnist")
     p.add_argument("--data-dir", default=None, help="folder with mnist/test.parquet (default: $ZOO_DATA_DIR or bundled samples)")

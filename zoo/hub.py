@@ -85,6 +85,33 @@ def versions_table(registry_ref: str | None) -> str:
             + "\n".join(rows) + "\n")
 
 
+def imported_from(metadata: dict[str, str]) -> dict[str, Any] | None:
+    """What a file imported by `zoo import` records about its weights' origin (zoo.torchvision_import): source,
+    weights, URL, licence, recipe and the accuracy its source reports; None for any other file."""
+    if not metadata.get("source_url"):
+        return None
+    return {"source": metadata.get("source"), "weights": metadata.get("source_weights"), "url": metadata["source_url"],
+            "license": metadata.get("license"), "recipe": metadata.get("recipe") or None,
+            "reported_metrics": json.loads(metadata.get("reported_metrics") or "{}")}
+
+
+def imported_section(origin: dict[str, Any] | None) -> str:
+    """The card's account of imported weights: where they come from, their licence, and the accuracy their source
+    reports, marked as not measured by the zoo."""
+    if origin is None:
+        return ""
+    reported = origin["reported_metrics"]
+    who = reported.get("reported_by", "the source")
+    rows = "\n".join(f"| {dataset} | {metric} | {value} |" for dataset, metrics in sorted(reported.get("metrics", {}).items())
+                     for metric, value in sorted(metrics.items()))
+    table = f"| dataset | metric | value (%) |\n|---|---|---|\n{rows}" if rows else "The source reports no accuracy."
+    recipe = f" Training recipe: {origin['recipe']}." if origin.get("recipe") else ""
+    return (f"\n## Source and licence\n\nWeights `{origin['weights']}` imported from `{origin['source']}` by `zoo import`, "
+            f"fetched from {origin['url']}.{recipe}\n\nLicence of the weights: {origin['license']}.\n\n"
+            f"## Accuracy reported by {who.split()[0]} (not measured by the zoo)\n\n"
+            f"As {who} states it (`{reported.get('where', '?')}`); the zoo has not evaluated these weights.\n\n{table}\n")
+
+
 def model_card(metadata: dict[str, str], repo_id: str, info: dict[str, Any] | None, provenance: dict[str, Any]) -> str:
     """A Hub model card: YAML front matter plus usage for both backends. Metrics and recipe come only from
     `provenance` (see `prepare_folder`): a card never claims figures measured on another file."""
@@ -130,7 +157,7 @@ def model_card(metadata: dict[str, str], repo_id: str, info: dict[str, Any] | No
     else:
         results = ("## Evaluation\n\nThis file was not evaluated: its sha256 matches none of the registry's shipped weights and it "
                    "was pushed without `zoo push --evaluate`, so this card reports no test metrics.\n")
-    results += versions_table(registry_ref)
+    results += versions_table(registry_ref) + imported_section(imported_from(metadata))
     footer = [f"File sha256 `{provenance.get('sha256')}`.",
               f"Written by {metadata.get('written_by', '?')}, zoo {metadata.get('zoo_version', '?')}."]
     for d in datasets:
@@ -200,7 +227,8 @@ def prepare_folder(model_or_file: Any, folder: str | os.PathLike, repo_id: str, 
                   "metrics_source": metrics_source, "metrics": metrics}
     config = {"library_name": "zoo-twins", "format": ckpt.metadata["format"], "model": name, "architecture": ckpt.arch,
               "config": ckpt.config, "preprocessing": ckpt.preprocessing, "labels": ckpt.labels,
-              "zoo_version": ckpt.metadata.get("zoo_version"), "written_by": ckpt.metadata.get("written_by"), **provenance}
+              "zoo_version": ckpt.metadata.get("zoo_version"), "written_by": ckpt.metadata.get("written_by"), **provenance,
+              "imported_from": imported_from(ckpt.metadata)}
     from .atomic import write_text_atomic
 
     write_text_atomic(folder / "config.json", json.dumps(config, indent=2) + "\n")
