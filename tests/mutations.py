@@ -122,8 +122,11 @@ def main(argv=None) -> int:
     for mutation in chosen:
         results.append(run(mutation))
         print(json.dumps(results[-1]), flush=True)
-    if args.write:
+    if args.write:  # with ids: those entries replaced, the others kept as measured before
         REPORT.parent.mkdir(exist_ok=True)
+        if args.ids and REPORT.exists():
+            fresh = {r["id"]: r for r in results}
+            results = [fresh.pop(r["id"], r) for r in json.loads(REPORT.read_text())["mutations"]] + list(fresh.values())
         REPORT.write_text(json.dumps({"mutations": results}, indent=2) + "\n")
     missed = [r["id"] for r in results if not r["caught_by"]]
     if missed:
