@@ -81,10 +81,6 @@ class Twins:
         self.overrides = without_random_drops(self.spec)
         self.torch_model = torch_float64(zoo.load(name, backend="torch", pretrained=False, **self.overrides))
         self.jax_model = flax_float64(zoo.load(name, backend="jax", pretrained=False, **self.overrides))
-        # float32 twins beside them: how far each framework's float32 rounding moves the logits from its own float64 run
-        self.torch_f32 = zoo.load(name, backend="torch", pretrained=False, **self.overrides).eval()
-        self.jax_f32 = zoo.load(name, backend="jax", pretrained=False, **self.overrides)
-        self.jax_f32.eval()
         # Kept across seeds, their compiled steps are reused; a single seed builds each in turn and lets it go (ViT-B/16's
         # three optimizers with fresh copies of their states would take ~7 GB in float64).
         self.trainers = {label: JB.trainer(self.jax_model, cfg) for label, cfg in OPTIMIZERS.items()} if keep_trainers else {}
@@ -105,13 +101,15 @@ class Twins:
 
 def logits_evidence(twins: Twins, tensors: dict[str, np.ndarray], x: np.ndarray) -> dict:
     """Eval-mode logits: the float64 twins against each other (a mismatch shows here, far above 1e-13), and each
-    float32 twin against its own float64 run (float32 rounding, which alone separates the float32 twins)."""
-    TB.load_numpy_state(twins.torch_f32, tensors, "float32 twin")
-    JB.load_numpy_state(twins.jax_f32, tensors, "float32 twin")
-    twins.torch_model.eval()
-    twins.jax_model.eval()
+    float32 twin against its own float64 run (float32 rounding, which alone separates the float32 twins).
+    The float32 twins live only here: memory, not time, bounds the big models' runs."""
+    name = twins.spec.name
+    torch_f32 = TB.load_numpy_state(zoo.load(name, backend="torch", pretrained=False, **twins.overrides), tensors, "float32 twin")
+    jax_f32 = JB.load_numpy_state(zoo.load(name, backend="jax", pretrained=False, **twins.overrides), tensors, "float32 twin")
+    for model in (twins.torch_model, twins.jax_model, torch_f32, jax_f32):
+        model.eval()
     t64, j64 = TB.logits(twins.torch_model, x), JB.logits(twins.jax_model, x)
-    t32, j32 = TB.logits(twins.torch_f32, x), JB.logits(twins.jax_f32, x)
+    t32, j32 = TB.logits(torch_f32, x), JB.logits(jax_f32, x)
     return {
         "logits_f64_max_abs_diff": float(np.abs(j64 - t64).max()),
         "logits_f64_max_violation": max_violation(j64, t64, 0.0, F64_RTOL),
@@ -131,9 +129,12 @@ def adam_amplified(torch_grad: np.ndarray, jax_grad: np.ndarray, param: np.ndarr
 
 
 def measure(twins: Twins, seed: int, steps: int) -> dict:
+    """One seed. Each copy of the weights is let go as soon as it has served (ViT-B/16 in float64 is 0.7 GB a copy):
+    the gradients once Adam's exemption masks are drawn from them, torch's optimizer before JAX's step runs."""
     spec = twins.spec
     fresh = zoo.load(spec.name, backend="torch", pretrained=False, seed=seed, **twins.overrides)
     tensors = without_constant_parameters(TB.state_to_numpy(fresh), dict(fresh.named_parameters()), seed=seed)
+    del fresh
     text = spec.preprocessing["kind"] == "text"
     batch = BATCH if text else parity_settings(spec.name).get("float64_batch", 4)
     short = spec.replace(preprocessing={**spec.preprocessing, "max_len": MAX_TOKENS}) if text else parity_spec(spec)
@@ -149,21 +150,31 @@ def measure(twins: Twins, seed: int, steps: int) -> dict:
     result["loss_violation"] = max_violation(jax_loss, torch_loss, 0.0, F64_RTOL)
     result["grad_max_abs_diff"] = max(float(np.abs(jax_grads[k] - torch_grads[k]).max()) for k in torch_grads)
     result["grad_max_violation"] = max(max_violation(jax_grads[k], torch_grads[k], 0.0, F64_RTOL) for k in torch_grads)
+    # also where the first gradients' float64 difference alone predicts first Adam updates that far apart
+    first_exempt = {label: {k: adam_amplified(torch_grads[k], jax_grads[k], tensors[k], cfg) if label != "sgd"
+                            else np.zeros(g.shape, bool) for k, g in torch_grads.items()}
+                    for label, cfg in OPTIMIZERS.items()}
+    del torch_grads, jax_grads
+    twins.torch_model.zero_grad(set_to_none=True)
 
     for label, cfg in OPTIMIZERS.items():
         twins.reset(tensors)
         torch_model, jax_model = twins.torch_model, twins.jax_model
-        torch_trainer, jax_trainer = TB.trainer(torch_model, cfg), twins.trainer(label)
-        tiny = {k: np.zeros(p.shape, bool) for k, p in torch_model.named_parameters()}
-        if label != "sgd":  # also where the first gradients' float64 difference alone predicts first updates that far apart
-            tiny = {k: adam_amplified(torch_grads[k], jax_grads[k], tensors[k], cfg) for k in tiny}
+        tiny = first_exempt[label]
+        torch_trainer = TB.trainer(torch_model, cfg)
         for x, y in batches:
             torch_trainer.step(x, y)
-            jax_trainer.step(x, y)
             if label != "sgd":  # Adam divides by |g| + eps: a rounding difference d in a gradient far below eps moves p by lr * d / eps
                 for k, p in torch_model.named_parameters():
                     tiny[k] |= (p.grad.abs() < cfg.eps).numpy() & (p.grad != 0).numpy()  # exact zeros stay checked
-        torch_state, jax_state = TB.state_to_numpy(torch_model), JB.state_to_numpy(jax_model)
+        torch_state = TB.state_to_numpy(torch_model)
+        del torch_trainer
+        torch_model.zero_grad(set_to_none=True)
+        jax_trainer = twins.trainer(label)
+        for x, y in batches:
+            jax_trainer.step(x, y)
+        del jax_trainer
+        jax_state = JB.state_to_numpy(jax_model)
         worst, worst_exempt, exempt_entries = 0.0, 0.0, 0
         for k in torch_state:
             a, b = jax_state[k].astype(np.float64), torch_state[k].astype(np.float64)
@@ -177,7 +188,7 @@ def measure(twins: Twins, seed: int, steps: int) -> dict:
         result[f"step_{label}_exempt_entries"] = exempt_entries
         result[f"step_{label}_exempt_max_abs_diff"] = worst_exempt
         result[f"step_{label}_lr"] = cfg.lr
-        del torch_trainer, jax_trainer  # their optimizer states, before the next optimizer's
+        del torch_state, jax_state
     result["parameters"] = int(sum(p.numel() for p in twins.torch_model.parameters()))
     result["steps"] = steps
     return result

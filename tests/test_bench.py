@@ -23,6 +23,16 @@ def test_default_models_cover_every_architecture_once():
     assert "mlp-mnist" in names and "cnn-mnist" in names and "cnn-usps" not in names
 
 
+def test_an_imported_classifier_is_timed_on_its_own_input_without_article_baselines():
+    """Catches: a torchvision twin fed one channel (the 28x28x1 default), or given the article's loop, whose
+    in-memory epoch of 60,000 images at 224x224 would not fit."""
+    x, y = bench.example_inputs(get_spec("resnet18"), 2)
+    assert x.shape == (2, 224, 224, 3) and y.max() < 1000
+    configs = bench.configurations(["resnet18", "cnn-mnist"], ["torch", "jax"], [8], ["train", "infer"], None, 5)
+    assert {c["variant"] for c in configs if c["model"] == "resnet18"} == {"zoo"}
+    assert {c["variant"] for c in configs if c["model"] == "cnn-mnist"} == {"zoo", "article-torch", "plain-nnx"}
+
+
 def test_ratios_are_jax_over_torch_and_baseline_over_zoo():
     """Catches: a ratio inverted (a slower JAX would read as faster), or a baseline compared with the other backend."""
     rows = [{"model": "m", "task": "train", "batch": 64, "backend": b, "variant": v, "step_ms": ms}
