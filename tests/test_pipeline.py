@@ -235,10 +235,12 @@ def test_peak_rss_is_the_childs_own_not_its_parents(data_dir):
     """Catches: `ru_maxrss` as the peak (a child started by a large parent, e.g. a pytest worker, inherits the
     parent's peak through vfork + exec: CI read 3.39 GiB for both backends, the worker's own peak)."""
     bench = load_benchmark()
-    ballast = np.ones(768 * 1024 * 1024 // 8)  # this process now peaks above 768 MiB; a 4-review child does not
+    # This process now peaks above 1.5 GiB; a 4-review child peaks near 0.8 GiB (torch 2.14's CUDA build, on CPU).
+    ballast_mb = 1536
+    ballast = np.ones(ballast_mb * 1024 * 1024 // 8)
     row = bench.run_child(bench.MEMORY_RUN, {"imdb": str(data_dir / "imdb" / "test.parquet"), "reviews": 4,
                                              "model": "lstm-imdb", "backend": "torch", "batch_size": None})[0]
-    assert ballast.sum() > 0 and row["peak_rss_mb"] < 768, row
+    assert ballast.sum() > 0 and row["peak_rss_mb"] < ballast_mb, row
 
 
 @pytest.mark.slow
