@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import shutil
@@ -28,6 +29,48 @@ RECORDING = os.environ.get("ZOO_PARITY_REPORT") == "1"
 def pytest_configure(config):
     if RECORDING and not hasattr(config, "workerinput"):  # the controller (or a run without xdist) starts a fresh report
         shutil.rmtree(MEASUREMENTS, ignore_errors=True)
+
+
+BIG_MEMORY_UNIT = "big-memory parity tests"
+
+
+def is_big_memory(nodeid: str) -> bool:
+    """A parity test of a slow-tier model (`parity.tier`), as test_parity.py marks them `big_memory`: the scheduler
+    sees only node ids, so the model is read from the test's parameter id (`test_logits_match[vit_b_16-single]`)."""
+    return nodeid.startswith("tests/test_parity.py::") and not slow_tier_models().isdisjoint(
+        nodeid.partition("[")[2].rstrip("]").split("-"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The scheduler's reading of node ids must agree with the marks, or a big test could slip out of its unit."""
+    wrong = [i.nodeid for i in items if is_big_memory(i.nodeid) != (i.get_closest_marker("big_memory") is not None)]
+    if wrong:
+        raise pytest.UsageError(f"is_big_memory disagrees with the big_memory mark on: {', '.join(wrong[:5])}")
+
+
+@functools.cache
+def slow_tier_models() -> frozenset[str]:
+    from zoo import list_models
+    from zoo.testing import parity_settings
+
+    return frozenset(n for n in list_models() if parity_settings(n)["tier"] == "slow")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`-n 2`: xdist's load scheduling, except that the big-memory parity tests form one work unit. It is the largest,
+    so xdist hands it out first: one worker runs them back to back (float64 runs first, while it is small) and the
+    other never waits on their lock (tests/test_parity.py). xdist's own `--dist loadgroup` does the same with marks,
+    but xdist 3.8 renames node ids through `item._nodeid`, which pytest 9 no longer reads, so it groups nothing."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BigMemoryTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return BIG_MEMORY_UNIT if is_big_memory(nodeid) else nodeid
+
+    return BigMemoryTogether(config, log)
 
 
 def shared_data_dir() -> Path | None:

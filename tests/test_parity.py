@@ -36,7 +36,8 @@ from zoo.testing import (
 # The slow tier's big models (their float64 runs included) hold one lock shared by the xdist workers, so they run one
 # at a time: ViT-B/16's float64 run peaks at 11.6 GB and its float32 checks at 8 GB, and a worker keeps much of what
 # it has allocated; two at once overran this machine's 24 GB. The float64 runs come first in this file, so they run
-# while the workers are still small.
+# while the workers are still small. Under `-n 2`, conftest's scheduler gives them all to one worker as one unit, so
+# the other never waits on the lock.
 BIG_MEMORY = pytest.mark.big_memory
 
 
