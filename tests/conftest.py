@@ -11,19 +11,27 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import torch  # noqa: E402
 
+from zoo.testing import in_slow_tier, recording_parity_report  # noqa: E402
+
 jax.config.update("jax_default_matmul_precision", "highest")
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 torch.set_flush_denormal(True)
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-if WORKER:
-    torch.set_num_threads(1)  # `-n 2` on 2 cores: one thread per worker, not 2 x 2 threads fighting over them
+if WORKER:  # `-n 2` on 2 cores: one thread per worker, not 2 x 2 threads fighting over them
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # and in the subprocesses a test starts (float64 runs, mutation suites, CLI runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASUREMENTS = ROOT / "tests" / ".parity-measurements"  # one JSON-lines file per worker; `python -m zoo.docs` merges them
 # Only a run meant to produce the parity report records (and first clears old records): any other pytest run,
 # even one started while a report run is going, leaves the measurements alone.
-RECORDING = os.environ.get("ZOO_PARITY_REPORT") == "1"
+RECORDING = recording_parity_report()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--all-weight-tags", action="store_true",
+                     help="evaluate every shipped weights tag on its whole test split, not only each model's default")
 
 
 def pytest_configure(config):
@@ -51,9 +59,8 @@ def pytest_collection_modifyitems(config, items):
 @functools.cache
 def slow_tier_models() -> frozenset[str]:
     from zoo import list_models
-    from zoo.testing import parity_settings
 
-    return frozenset(n for n in list_models() if parity_settings(n)["tier"] == "slow")
+    return frozenset(n for n in list_models() if in_slow_tier(n))
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -26,9 +26,11 @@ from zoo.testing import (
     STATS_TOL,
     assert_close,
     example_batch,
+    in_slow_tier,
     logits_atol,
     parity_settings,
     parity_spec,
+    recording_parity_report,
     without_constant_parameters,
     without_random_drops,
 )
@@ -43,7 +45,7 @@ BIG_MEMORY = pytest.mark.big_memory
 
 def by_tier(names):
     """Each model in its registry tier (`parity.tier`): big ones at full resolution run in the slow tier."""
-    return [pytest.param(n, marks=[pytest.mark.slow, BIG_MEMORY]) if parity_settings(n)["tier"] == "slow" else n for n in names]
+    return [pytest.param(n, marks=[pytest.mark.slow, BIG_MEMORY]) if in_slow_tier(n) else n for n in names]
 
 
 MODELS = by_tier(zoo.list_models())
@@ -66,6 +68,7 @@ def float64_groups() -> dict[str, list[str]]:
 
 FLOAT64_GROUPS = float64_groups()
 FLOAT64_SCRIPT = Path(__file__).with_name("float64_parity.py")
+FLOAT64_SMOKE_SEEDS = 2  # the float64 study outside a report run; the mutation suite shows 1 seed catches every planted bug
 # float32 gradient checks: a ReLU input within float32 rounding (~1e-6) of 0, or a max-pool window whose
 # two largest inputs are that close, can take the other side of the kink in one framework and move early
 # gradients by ~1e-2 (resnet-mnist: 3 of 40 seeds). The float32 checks therefore run on a batch whose
@@ -164,12 +167,14 @@ def twins(path, **overrides):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", by_tier(sorted(FLOAT64_GROUPS)))
 def test_float64_gradients_and_steps_match(name, record_measurement):
-    """Both twins in float64 (JAX's x64 needs its own process), new weights and batches for each of 20
-    seeds: loss and gradients to F64_ATOL, parameters after 3 steps of SGD+momentum+L2, Adam+L2 and AdamW
-    to F64_STEP_ATOL. Weight decay, momentum and bias correction each move parameters far beyond that.
-    (`ZOO_FLOAT64_SEEDS` lowers the count for the mutation suite.)"""
+    """Both twins in float64 (JAX's x64 needs its own process), new weights and batches for each seed: loss and
+    gradients to F64_ATOL, parameters after 3 steps of SGD+momentum+L2, Adam+L2 and AdamW to F64_STEP_ATOL.
+    Weight decay, momentum and bias correction each move parameters far beyond that. The study, 20 seeds (or the
+    registry entry's count), runs when the parity report is recorded; other runs, CI's included, run its first
+    FLOAT64_SMOKE_SEEDS seeds. (`ZOO_FLOAT64_SEEDS` lowers the count further, for the mutation suite.)"""
     settings = parity_settings(name)  # a big model's entry may ask for fewer seeds and steps
-    seeds = min(int(os.environ.get("ZOO_FLOAT64_SEEDS", "20")), settings.get("float64_seeds", 20))
+    seeds = settings.get("float64_seeds", 20) if recording_parity_report() else min(FLOAT64_SMOKE_SEEDS, settings.get("float64_seeds", 20))
+    seeds = min(int(os.environ.get("ZOO_FLOAT64_SEEDS", seeds)), seeds)
     steps = settings.get("float64_steps", 3)
     run = subprocess.run([sys.executable, str(FLOAT64_SCRIPT), name, "--seeds", str(seeds), "--steps", str(steps)],
                          capture_output=True, text=True, timeout=1800)

@@ -31,6 +31,19 @@ def parity_settings(name: str) -> dict:
     return {**PARITY_DEFAULTS, **model_info(name).get("parity", {})}
 
 
+def in_slow_tier(name: str) -> bool:
+    """Whether the parity suite checks `name` in the slow tier (big models at full resolution)."""
+    return parity_settings(name)["tier"] == "slow"
+
+
+def recording_parity_report() -> bool:
+    """A run meant to produce the parity report (`ZOO_PARITY_REPORT=1`): it records, and runs the float64 study in
+    full (every seed) where other runs, CI's included, run a smoke of it."""
+    import os
+
+    return os.environ.get("ZOO_PARITY_REPORT") == "1"
+
+
 # Checks of float32 training (gradients, train-mode forward and buffers, optimizer steps). A model whose entry sets
 # `parity.float32_train_checks` false has them in float64 only: ResNet-50 at 224x224 has ~10^7 ReLU and max-pool
 # kinks per batch, a float64 margin of ~1e-8 to the nearest, and float32 gradients 0.3 apart after a flip, while
