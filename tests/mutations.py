@@ -91,8 +91,8 @@ def apply(mutation: Mutation, root: Path) -> None:
     path.write_text(text.replace(mutation.old, mutation.new))
 
 
-def run(mutation: Mutation, timeout: int = 1800) -> dict:
-    """Plant the bug in a copy of the checkout and run its tests there; returns the failing tests."""
+def run(mutation: Mutation, tests: list[str] | None = None, timeout: int = 1800) -> dict:
+    """Plant the bug in a copy of the checkout and run its tests there (or the node ids `tests`); returns the failing tests."""
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutation.id}-") as tmp:
         copy = Path(tmp)
         for part in ("zoo", "tests", "pyproject.toml"):
@@ -104,7 +104,7 @@ def run(mutation: Mutation, timeout: int = 1800) -> dict:
         if not env["ZOO_DATA_DIR"] and data.is_dir():
             env["ZOO_DATA_DIR"] = str(data)
         result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-rf",
-                                 "-o", "addopts=", *mutation.tests], cwd=copy, env=env, capture_output=True, text=True,
+                                 "-o", "addopts=", *(tests or mutation.tests)], cwd=copy, env=env, capture_output=True, text=True,
                                 timeout=timeout)
     failed = sorted(set(re.findall(r"^FAILED (\S+?)(?: - |$)", result.stdout, re.M)))
     if result.returncode not in (0, 1) or (result.returncode == 1 and not failed):
