@@ -10,10 +10,12 @@ from mutations import MUTATIONS, REPORT, ROOT, apply, run
 @pytest.mark.slow
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=[m.id for m in MUTATIONS])
 def test_planted_bug_is_caught(mutation):
-    """Runs only the tests the report says catch the bug (the report's run, `tests/mutations.py --write`, runs them all)."""
+    """A smoke of the study (`tests/mutations.py --write` runs every selected test): the tests the report says catch
+    the bug, less the float64 run (a subprocess, most of the cost) where an in-process test catches it too."""
     reported = {r["id"]: r for r in json.loads(REPORT.read_text())["mutations"]}
     claimed = set(reported.get(mutation.id, {}).get("caught_by", []))
     assert claimed, f"{mutation.id}: reports/mutations.json names no test that catches it"
+    claimed = {t for t in claimed if "test_float64_" not in t} or claimed
     result = run(mutation, sorted(claimed))
     assert claimed <= set(result["caught_by"]), (  # every test the README names still catches it
         f"{mutation.id}: reports/mutations.json claims {sorted(claimed - set(result['caught_by']))}; "
