@@ -50,7 +50,10 @@ def is_big_memory(nodeid: str) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The scheduler's reading of node ids must agree with the marks, or a big test could slip out of its unit."""
+    """Slow tests first: xdist hands out single tests in this order, so the minutes-long runs start early and the last
+    tests to finish are short ones (no worker idles while the other ends a long evaluation). And the scheduler's
+    reading of node ids must agree with the marks, or a big test could slip out of its unit."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: collection order within each tier
     wrong = [i.nodeid for i in items if is_big_memory(i.nodeid) != (i.get_closest_marker("big_memory") is not None)]
     if wrong:
         raise pytest.UsageError(f"is_big_memory disagrees with the big_memory mark on: {', '.join(wrong[:5])}")
@@ -96,6 +99,27 @@ def data_dir() -> Path:
             pytest.fail("the real data (../shared/data or ZOO_DATA_DIR) is missing, and CI=true forbids skipping")
         pytest.skip("real data not found: set ZOO_DATA_DIR or place ../shared/data beside the checkout")
     return d
+
+
+@pytest.fixture(scope="session")
+def data_subset(data_dir, tmp_path_factory):
+    """`data_subset({"imdb": {"train": 400, "test": 400}})`: a copy of the real data cut to that many rows per split,
+    drawn by a seeded generator and kept in file order (IMDb's files are sorted by label: a head would be one class)."""
+
+    def make(sizes: dict[str, dict[str, int]]) -> Path:
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        root = tmp_path_factory.mktemp("data-subset")
+        for name, splits in sizes.items():
+            (root / name).mkdir()
+            for split, n in splits.items():
+                table = pq.read_table(data_dir / name / f"{split}.parquet")
+                rows = np.sort(np.random.default_rng(0).choice(table.num_rows, n, replace=False))
+                pq.write_table(table.take(rows), root / name / f"{split}.parquet")
+        return root
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -81,18 +81,9 @@ PREPROCESSING = {"lstm-imdb": {"max_len": 96}}
 
 
 @pytest.fixture(scope="module")
-def small_data(data_dir, tmp_path_factory) -> Path:
-    """1500 training and 200 test examples of MNIST and IMDb (IMDb's files are sorted by label: a seeded draw)."""
-    import pyarrow.parquet as pq
-
-    root = tmp_path_factory.mktemp("small-data")
-    for name, sizes in (("mnist", {"train": 1500, "test": 200}), ("imdb", {"train": 1500, "test": 200})):
-        (root / name).mkdir()
-        for split, n in sizes.items():
-            table = pq.read_table(data_dir / name / f"{split}.parquet")
-            rows = np.sort(np.random.default_rng(0).choice(table.num_rows, n, replace=False))
-            pq.write_table(table.take(rows), root / name / f"{split}.parquet")
-    return root
+def small_data(data_subset) -> Path:
+    """1500 training and 200 test examples of MNIST and IMDb."""
+    return data_subset({name: {"train": 1500, "test": 200} for name in ("mnist", "imdb")})
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ def test_planted_bug_is_caught(mutation):
     assert claimed, f"{mutation.id}: reports/mutations.json names no test that catches it"
     claimed = {t for t in claimed if "test_float64_" not in t} or claimed
     result = run(mutation, sorted(claimed))
-    assert claimed <= set(result["caught_by"]), (  # every test the README names still catches it
+    assert claimed <= set(result["caught_by"]), (  # every claimed test still catches it
         f"{mutation.id}: reports/mutations.json claims {sorted(claimed - set(result['caught_by']))}; "
         "run `python tests/mutations.py --write && python -m zoo.docs --write`")
 
