@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
-# The GPU checks in one run (a lent GPU machine has minutes, not hours): the GPU parity tests, then
-# `zoo bench --device gpu` into benchmarks/results/bench-gpu/. Test it on CPU first: DEVICE=cpu OUT=/tmp/b bash benchmarks/bench_gpu.sh
-set -euo pipefail
+# The GPU checks in one run (a lent GPU machine has minutes, not hours): the GPU parity tests and their report
+# (reports/parity_gpu.json), then `zoo bench --device gpu` into benchmarks/results/bench-gpu/, the torchvision twins
+# first. Each stage has a time limit in seconds (PARITY_S; the bench gets what is left of DEADLINE_S) and the bench
+# keeps every configuration it finished.
+# Then `python -m zoo.docs --write` puts both into README.md and BENCHMARKS.md.
+# Test it on CPU first: DEVICE=cpu OUT=/tmp/b MODELS="mlp-mnist resnet18" BATCH=2 bash benchmarks/bench_gpu.sh
+set -uo pipefail
+PYTHON="${PYTHON:-python3}"
 DEVICE="${DEVICE:-gpu}"
 OUT="${OUT:-benchmarks/results/bench-gpu}"
+TORCHVISION_TWINS="resnet18 mobilenet_v3_small efficientnet_b0 resnet50 convnext_tiny vit_b_16"
+MODELS="${MODELS:-$TORCHVISION_TWINS $("$PYTHON" -c 'from zoo.bench import distinct_models; print(*distinct_models())')}"
+failed=0
 if [ "$DEVICE" = gpu ]; then
-  python -m pytest tests/test_parity.py -k gpu -q -p no:cacheprovider
+  ZOO_PARITY_REPORT=1 timeout "${PARITY_S:-600}" "$PYTHON" -m pytest tests/test_parity.py -k gpu -p no:cacheprovider \
+    -n "${WORKERS:-4}" || failed=1
+  "$PYTHON" -m zoo.docs --gpu-parity-report || failed=1
 fi
-python -m zoo.cli bench --device "$DEVICE" --repeats "${REPEATS:-5}" --out "$OUT" ${MODELS:-}
+timeout "$(( ${DEADLINE_S:-3600} - SECONDS ))" "$PYTHON" -m zoo.cli bench --device "$DEVICE" --batch "${BATCH:-64}" --repeats "${REPEATS:-5}" \
+  --out "$OUT" $MODELS || failed=1
 cat "$OUT/bench.md"
+exit $failed

@@ -345,7 +345,8 @@ def write(rows: list[dict], out: Path) -> None:
 
     envs = {}
     for r in rows:
-        envs.setdefault(r["backend"], r.pop("env"))
+        envs.setdefault(r["backend"], r["env"])
+    rows = [{k: v for k, v in r.items() if k != "env"} for r in rows]
     ratios = ratio_rows(rows)
     write_text_atomic(out / "bench.json", json.dumps({"environment": envs, "rows": rows, "ratios": ratios}, indent=2) + "\n")
     write_text_atomic(out / "bench.md", markdown(rows, ratios, envs))
@@ -386,14 +387,13 @@ def run(args) -> int:
         if unknown:
             raise ValueError(f"zoo bench: unknown {unknown}; choose from {', '.join(known)}")
     configs = configurations(models, backends, [int(b) for b in args.batch.split(",")], tasks, args.device, args.repeats)
-    rows = []
+    rows, out = [], Path(args.out)
     for cfg in tqdm(configs, desc="zoo bench", unit="config"):
         row = run_child({**cfg, "device": _device_name(cfg["backend"], args.device)})
         tqdm.write(f"{row['model']} {row['task']} {row['backend']} {row['variant']} batch {row['batch']}: "
                    f"{row['step_ms']} ms/step, {row['samples_per_s']} samples/s")
         rows.append(row)
-    out = Path(args.out)
-    write(rows, out)
+        write(rows, out)  # after each configuration: a run cut short (a lent GPU's minutes) keeps what it measured
     print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
     return 0
 
