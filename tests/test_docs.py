@@ -45,6 +45,20 @@ def test_readme_parity_and_mutation_tables_are_generated_from_the_reports():
     assert mutation_table() in readme, "README mutation table is stale: run `python -m zoo.docs --write`"
 
 
+def test_gpu_parity_table_and_gpu_bench_are_generated_from_their_files():
+    """Catches: the README's GPU parity table or BENCHMARKS.md's GPU section edited by hand or left stale (CI has no
+    GPU to re-measure them: they must come from the files a GPU run wrote), a GPU report missing a check."""
+    from zoo.docs import BENCHMARKS, GPU_PARITY_COLUMNS, GPU_PARITY_REPORT, bench_section, gpu_parity_table
+
+    assert gpu_parity_table() in (ROOT / "README.md").read_text(), "README GPU parity table is stale: run `python -m zoo.docs --write`"
+    assert bench_section(gpu=True) in BENCHMARKS.read_text(), "BENCHMARKS.md GPU section is stale: run `python -m zoo.docs --write`"
+    if GPU_PARITY_REPORT.is_file():
+        report = json.loads(GPU_PARITY_REPORT.read_text())
+        assert report["device"] and report["versions"]["torch"]
+        for name, checks in report["measurements"].items():
+            assert set(checks) == set(GPU_PARITY_COLUMNS), name
+
+
 def test_benchmarks_tables_are_what_zoo_bench_measured_for_every_architecture():
     """Catches: BENCHMARKS.md edited by hand or left stale, an architecture or variant missing from the
     committed CPU run, a ratio that does not follow from the rows beside it."""

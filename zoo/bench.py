@@ -110,8 +110,8 @@ def environment(backend: str, device) -> dict:
         env.update(torch=torch.__version__, device=str(device), threads=torch.get_num_threads(),
                    float32_matmul_precision=torch.get_float32_matmul_precision(),
                    deterministic=torch.are_deterministic_algorithms_enabled())
-        if device.type == "cuda":
-            env["device_name"] = torch.cuda.get_device_name(device)
+        if device.type == "cuda":  # cuDNN's TF32 default (True) applies to convolutions; matmuls follow the precision above
+            env.update(device_name=torch.cuda.get_device_name(device), cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
     else:
         import flax
         import jax
