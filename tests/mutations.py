@@ -79,6 +79,21 @@ MUTATIONS = [
     Mutation("cnn-flatten-order", "Flax CNN flattens NHWC activations in H,W,C order", "zoo/flax_models/cnn.py",
              "x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)", "x = x.reshape(x.shape[0], -1)",
              parity("cnn-mnist", "test_logits", "test_gradients_match")),
+    # torchvision's layers (small twins at the fast tier's 64x64; vit_b_16 at 224x224 in the slow tier)
+    Mutation("se-sigmoid-scale", "MobileNetV3's squeeze-excitation scaled by sigmoid, not hard-sigmoid",
+             "zoo/flax_models/tv_mobilenet_v3.py", 'scale_activation="hardsigmoid"', 'scale_activation="sigmoid"',
+             parity("mobilenet_v3_small", "test_logits", "test_gradients_match")),
+    Mutation("se-squeeze-max", "squeeze-excitation squeezes by max, not mean", "zoo/flax_models/layers.py",
+             "scale = x.mean(axis=(1, 2), keepdims=True)", "scale = x.max(axis=(1, 2), keepdims=True)",
+             parity("efficientnet_b0", "test_logits", "test_gradients_match")),
+    Mutation("mobilenet-batchnorm-eps", "MobileNetV3's BatchNorm eps 1e-5 (PyTorch's default) instead of 1e-3",
+             "zoo/flax_models/tv_mobilenet_v3.py", 'NORM = {"eps": 0.001,', 'NORM = {"eps": 1e-5,',
+             parity("mobilenet_v3_small", "test_logits", "running_stats")),
+    Mutation("vit-tanh-gelu", "ViT's MLP with tanh-approximate GELU (jax.nn.gelu's default)", "zoo/flax_models/tv_vit.py",
+             "approximate=False)", "approximate=True)", parity("vit_b_16", "test_logits")),
+    Mutation("vit-class-token-last", "ViT's class token appended after the patches, not before",
+             "zoo/flax_models/tv_vit.py", "jnp.concatenate([batch_class_token, x], axis=1)",
+             "jnp.concatenate([x, batch_class_token], axis=1)", parity("vit_b_16", "test_logits")),
 ]
 
 
