@@ -83,3 +83,25 @@ def test_smoke_run_measures_every_variant_in_a_fresh_process(smoke):
     md = (out / "bench.md").read_text()
     assert "| mlp-mnist | train | jax | plain-nnx | 64 |" in md and "## Ratios" in md
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_run_cut_short_keeps_every_configuration_it_finished(tmp_path):
+    """Catches: results written only at the end, so a run stopped by a deadline (a lent GPU's minutes) loses all.
+    The run is killed as soon as its first configuration is on disk (the chart is written last), while the second
+    is still starting."""
+    import time
+
+    out = tmp_path / "bench"
+    run = subprocess.Popen([sys.executable, "-m", "zoo.cli", "bench", "mlp-mnist", "--task", "infer", "--repeats", "2",
+                            "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "bench.png").exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert run.poll() is None, "the run ended before anything was written"
+    finally:
+        run.kill()
+        run.wait()
+    result = json.loads((out / "bench.json").read_text())
+    assert [(r["model"], r["task"], r["backend"]) for r in result["rows"]] == [("mlp-mnist", "infer", "torch")]
+    assert "| mlp-mnist | infer | torch | zoo |" in (out / "bench.md").read_text()
