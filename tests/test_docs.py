@@ -2,6 +2,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 import zoo
 from zoo.docs import model_table, text_weights_table
 
@@ -57,6 +59,20 @@ def test_gpu_parity_table_and_gpu_bench_are_generated_from_their_files():
         assert report["device"] and report["versions"]["torch"]
         for name, checks in report["measurements"].items():
             assert set(checks) == set(GPU_PARITY_COLUMNS), name
+
+
+def test_gpu_parity_report_refuses_a_run_that_missed_a_model_or_check(tmp_path, monkeypatch):
+    """Catches: a GPU report written from a cut-short run (a lent GPU's time limit), which would publish a table with
+    models silently missing."""
+    import zoo.docs as docs
+
+    monkeypatch.setattr(docs, "MEASUREMENTS", tmp_path)
+    models = docs.gpu_checked_models()
+    rows = [{"model": name, "check": check, "max_abs_diff": 0.0} for name in models[1:] for check in docs.GPU_PARITY_COLUMNS]
+    (tmp_path / "gw0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))
+    last = rows[-1]
+    with pytest.raises(SystemExit, match=rf"lacks {models[0]}: gpu_logits_batch, .*{last['model']}: {last['check']};"):
+        docs.build_gpu_parity_report()
 
 
 def test_benchmarks_tables_are_what_zoo_bench_measured_for_every_architecture():
