@@ -102,11 +102,18 @@ def parity_source_digest() -> str:
     return h.hexdigest()
 
 
+def float32_training_checked(name: str) -> bool:
+    """False where the registry keeps float32 training checks out (`parity.float32_train_checks`): float64 only."""
+    from .testing import parity_settings
+
+    return parity_settings(name).get("float32_train_checks", True)
+
+
 def required_checks(name: str) -> list[str]:
-    from .testing import FLOAT32_TRAIN_CHECKS, parity_settings
+    from .testing import FLOAT32_TRAIN_CHECKS
 
     text = model_info(name)["preprocessing"]["kind"] == "text"
-    float32_training = parity_settings(name).get("float32_train_checks", True)
+    float32_training = float32_training_checked(name)
     return [c for c in PARITY_COLUMNS if (c != "padded_vs_alone" or text) and (float32_training or c not in FLOAT32_TRAIN_CHECKS)]
 
 
@@ -137,9 +144,7 @@ def build_parity_report() -> dict:
 
 def gpu_checked_models() -> list[str]:
     """The models whose float32 training checks run (the GPU test's parametrisation); the others are float64 only."""
-    from .testing import parity_settings
-
-    return [n for n in list_models() if parity_settings(n).get("float32_train_checks", True)]
+    return [n for n in list_models() if float32_training_checked(n)]
 
 
 def build_gpu_parity_report() -> dict:
@@ -161,14 +166,23 @@ def _figure(value) -> str:
     return str(int(value)) if float(value).is_integer() and value >= 1 else ("0" if value == 0 else f"{value:.1e}")
 
 
-def parity_table(report: dict | None = None) -> str:
-    report = report or json.loads(PARITY_REPORT.read_text())
-    rows = ["| model | " + " | ".join(PARITY_COLUMNS.values()) + " |", "|---" * (len(PARITY_COLUMNS) + 1) + "|"]
+def _measurement_rows(report: dict, columns: dict[str, str]) -> list[str]:
+    """A parity report's table: a row per registry model, "–" where a check does not apply."""
+    rows = ["| model | " + " | ".join(columns.values()) + " |", "|---" * (len(columns) + 1) + "|"]
     for name in list_models():
         got = report["measurements"].get(name, {})
-        rows.append(f"| `{name}` | " + " | ".join(_figure(got[c]) if c in got else "–" for c in PARITY_COLUMNS) + " |")
-    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
-    note = f"\nMeasured by the parity suite on this code (source digest `{report['source_sha256'][:12]}`), {versions}."
+        rows.append(f"| `{name}` | " + " | ".join(_figure(got[c]) if c in got else "–" for c in columns) + " |")
+    return rows
+
+
+def _versions_line(report: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+
+
+def parity_table(report: dict | None = None) -> str:
+    report = report or json.loads(PARITY_REPORT.read_text())
+    rows = _measurement_rows(report, PARITY_COLUMNS)
+    note = f"\nMeasured by the parity suite on this code (source digest `{report['source_sha256'][:12]}`), {_versions_line(report)}."
     return "\n".join([PARITY_START, *rows, note, PARITY_END])
 
 
@@ -177,13 +191,9 @@ def gpu_parity_table(report: dict | None = None) -> str:
     if report is None and not GPU_PARITY_REPORT.is_file():
         return "\n".join([GPU_PARITY_START, "Not measured yet: no GPU was lent to a session (`benchmarks/bench_gpu.sh`).", GPU_PARITY_END])
     report = report or json.loads(GPU_PARITY_REPORT.read_text())
-    rows = ["| model | " + " | ".join(GPU_PARITY_COLUMNS.values()) + " |", "|---" * (len(GPU_PARITY_COLUMNS) + 1) + "|"]
-    for name in list_models():
-        got = report["measurements"].get(name, {})
-        rows.append(f"| `{name}` | " + " | ".join(_figure(got[c]) if c in got else "–" for c in GPU_PARITY_COLUMNS) + " |")
-    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    rows = _measurement_rows(report, GPU_PARITY_COLUMNS)
     note = (f"\nMeasured on one {report['device']} by the parity suite's GPU test "
-            f"(source digest `{report['source_sha256'][:12]}`), {versions}.")
+            f"(source digest `{report['source_sha256'][:12]}`), {_versions_line(report)}.")
     if report["source_sha256"] != parity_source_digest():
         note += (f" **The parity code has changed since** (digest now `{parity_source_digest()[:12]}`): these figures are "
                  "the earlier code's until `benchmarks/bench_gpu.sh` runs again on a GPU.")
